@@ -1,0 +1,3 @@
+from mpcs.cli import main
+
+raise SystemExit(main())

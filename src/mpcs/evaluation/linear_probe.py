@@ -1,0 +1,55 @@
+"""Linear evaluation on frozen features: the encoder in eval mode (BatchNorm statistics
+frozen; the authors' linear evaluation left BN in train mode, defect 9), a logistic
+regression on its pooled features, the regularisation chosen by patient-grouped
+cross-validation on the training part only (never on the test part).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from mpcs.data.transforms import eval_transform
+from mpcs.models.encoders import Encoder
+
+
+@torch.no_grad()
+def extract_features(encoder: Encoder, pixels: np.ndarray, input_size: int,
+                     batch_size: int = 256, device: str | torch.device = "cpu",
+                     channels_last: bool = True) -> np.ndarray:
+    """Pooled features of uint8 images ``[N, 3, H, W]`` -> float32 ``[N, num_features]``."""
+    was_training = encoder.training
+    encoder.eval().to(device)
+    out = []
+    try:
+        for i in range(0, len(pixels), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(pixels[i:i + batch_size])).to(device)
+            x = eval_transform(x, input_size, tuple(encoder.mean), tuple(encoder.std))
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out.append(encoder(x).float().cpu().numpy())
+    finally:
+        encoder.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, encoder.num_features), np.float32)
+
+
+def fit_linear_probe(features: np.ndarray, labels: Sequence, groups: Sequence,
+                     seed: int = 0, folds: int = 4) -> Pipeline:
+    """Standardise + L2 logistic regression; C picked by log-loss under StratifiedGroupKFold over
+    ``groups`` (patients) within the training data, then refitted on all of it."""
+    n_groups = len(set(groups))
+    if n_groups < 2:
+        raise ValueError(f"a linear probe needs images of at least 2 patients, got {n_groups}")
+    splitter = StratifiedGroupKFold(n_splits=min(folds, n_groups), shuffle=True, random_state=seed)
+    cv = list(splitter.split(features, labels, groups))
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000,
+                                                              random_state=seed))
+    grid = {"logisticregression__C": np.logspace(-4, 1, 8).tolist()}
+    search = GridSearchCV(pipe, grid, cv=cv, scoring="neg_log_loss", refit=True)
+    return search.fit(features, labels).best_estimator_

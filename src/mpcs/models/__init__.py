@@ -1,0 +1,44 @@
+"""Encoders f(.), projection heads g(.) and the MPCS model (h, z) = (f(x), g(f(x)))."""
+
+from mpcs.models.encoders import (
+    ENCODERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Encoder,
+    EncoderSpec,
+    create_encoder,
+    list_encoders,
+    load_encoder_weights,
+    register_encoder,
+    resolve_encoder_spec,
+)
+from mpcs.models.heads import MPCSModel, ProjectionHead, create_mpcs_model, default_head_dims
+from mpcs.models.lite_weights import (
+    LITE_MEAN,
+    LITE_STD,
+    lite_weights_available,
+    lite_weights_path,
+    load_lite_imagenet,
+)
+
+__all__ = [
+    "ENCODERS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "LITE_MEAN",
+    "LITE_STD",
+    "Encoder",
+    "EncoderSpec",
+    "MPCSModel",
+    "ProjectionHead",
+    "create_encoder",
+    "create_mpcs_model",
+    "default_head_dims",
+    "list_encoders",
+    "lite_weights_available",
+    "lite_weights_path",
+    "load_encoder_weights",
+    "load_lite_imagenet",
+    "register_encoder",
+    "resolve_encoder_spec",
+]

@@ -1,0 +1,100 @@
+"""The command line as a user meets it: outputs, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mpcs.cli import main
+from mpcs.demo import run_demo
+from mpcs.data.synth import SynthConfig
+from tests.conftest import TINY_OVERRIDES
+
+
+def test_inspect_real_subset(shared_breakhis: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["inspect", "--data", str(shared_breakhis)]) == 0
+    out = capsys.readouterr().out
+    assert "87 images, 16 patients" in out
+    assert "Complete 4-magnification samples: 0" in out
+
+
+def test_pretrain_on_real_subset_explains_why_not(shared_breakhis: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    code = main(["pretrain", "--data", str(shared_breakhis), "--out", str(tmp_path / "r"),
+                 "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "no sample is present at all four magnifications" in err
+    assert "Traceback" not in err
+
+
+def test_missing_data_folder_is_one_clear_line(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    proc = subprocess.run([sys.executable, "-m", "mpcs", "inspect", "--data", str(missing)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert str(missing) in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "loss.temprature=0.1"], "did you mean 'temperature'"),
+    (["--set", "loss.temperature=0"], "loss.temperature must be > 0"),
+    (["--preset", "no-such-preset"], "available: "),
+])
+def test_bad_configuration_fails_before_work(tiny_breakhis: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture, args: list[str],
+                                             needle: str) -> None:
+    run = tmp_path / "run"
+    code = main(["pretrain", "--data", str(tiny_breakhis), "--out", str(run), "--quiet", *args])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+    assert not run.exists()
+
+
+def test_pretrain_command_and_resume(tiny_breakhis: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    sets = [a for o in TINY_OVERRIDES for a in ("--set", o)]
+    assert main(["pretrain", "--data", str(tiny_breakhis), "--out", str(run), "--quiet",
+                 *sets]) == 0
+    assert (run / "checkpoints" / "last.pt").is_file()
+    # Resuming a finished run does no more steps and succeeds.
+    assert main(["pretrain", "--data", str(tiny_breakhis), "--out", str(run), "--quiet",
+                 "--resume", *sets]) == 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_synth_command_writes_official_layout(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    assert main(["synth", "--out", str(tmp_path), "--patients", "2", "--samples-per-patient",
+                 "1", "--image-size", "32x24", "--quiet"]) == 0
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+    assert len(files) == 8
+    assert files[0].startswith("BreaKHis_v1/histology_slides/breast/benign/SOB/")
+    assert main(["synth", "--out", str(tmp_path), "--image-size", "big"]) == 2
+
+
+def test_presets_command_lists_paper_presets(capsys: pytest.CaptureFixture) -> None:
+    assert main(["presets"]) == 0
+    out = capsys.readouterr().out
+    for name in ("mpcs-fp-resnet50", "mpcs-op-effnetb2", "mpcs-rp-resnet50", "cpu-small"):
+        assert name in out
+
+
+def test_demo_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    synth = SynthConfig(patients=6, samples_per_patient=3, image_size=(48, 32), seed=0)
+    results = run_demo(tmp_path, synth=synth, overrides=TINY_OVERRIDES, test_fraction=0.34,
+                       progress=False)
+    out = capsys.readouterr().out
+    assert set(results["magnification"]) == {"40X", "100X", "200X", "400X"}
+    assert results["encoder"].str.contains("MPCS-OP").any()
+    assert results["encoder"].str.contains("random init").any()
+    assert results[["ila", "pla"]].stack().between(0, 1).all()
+    saved = pd.read_csv(tmp_path / "results.csv")
+    assert len(saved) == len(results)
+    assert "| encoder |" in (tmp_path / "results.md").read_text()
+    assert "| encoder |" in out
