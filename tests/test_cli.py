@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from mpcs.cli import main
-from mpcs.demo import run_demo
 from mpcs.data.synth import SynthConfig
+from mpcs.demo import run_demo
 from tests.conftest import TINY_OVERRIDES
 
 

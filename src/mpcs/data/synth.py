@@ -48,6 +48,8 @@ SYNTH_YEAR = "22"
 _HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
 _EOSIN = np.array([0.07, 0.99, 0.11])
 _MARKER = "mpcs-synth.json"
+# Spread (log scale) of per-image acquisition: stain uptake, exposure, white balance.
+ACQUISITION_SPREAD = 0.15
 
 
 @dataclass(frozen=True)
@@ -367,10 +369,16 @@ def render(t: Tissue, magnification: str, size: tuple[int, int], stain: dict[str
         hole = np.clip((lr - d) / pixel + 0.5, 0, 1)
         eosin *= 1 - 0.9 * hole
         hema *= 1 - 0.9 * hole
-    hema_od = stain["hema_scale"] * (0.08 + 1.4 * hema)
-    od = hema_od[:, :, None] * stain["h"] + np.clip(eosin, 0, None)[:, :, None] * stain["e"]
-    rgb = 255.0 * np.exp(-od)
-    rgb = _blur(rgb, stain["blur"] * (1.0 + 0.3 * rng.standard_normal()))
+    # Each magnification is a separate capture: its own exposure, stain uptake in the imaged
+    # field, white balance and focus. Views of one sample therefore differ in more than scale.
+    h_gain, e_gain = np.exp(rng.normal(0.0, ACQUISITION_SPREAD, 2))
+    hema_od = h_gain * stain["hema_scale"] * (0.08 + 1.4 * hema)
+    od = (hema_od[:, :, None] * stain["h"]
+          + e_gain * np.clip(eosin, 0, None)[:, :, None] * stain["e"])
+    exposure = np.exp(rng.normal(0.0, ACQUISITION_SPREAD * 0.8)
+                      + rng.normal(0.0, ACQUISITION_SPREAD * 0.25, 3))
+    rgb = 255.0 * np.exp(-od) * exposure
+    rgb = _blur(rgb, stain["blur"] + rng.uniform(0.0, 0.6))
     rgb += rng.normal(0, 3.0, rgb.shape)
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
@@ -413,7 +421,7 @@ def write_breakhis(out: str | Path, cfg: SynthConfig, progress: bool = True,
     cfg.validate()
     root = Path(out) / "BreaKHis_v1"
     marker = root / _MARKER
-    wanted = {"generator": "mpcs.synth/1", **asdict(cfg), "image_size": list(cfg.image_size)}
+    wanted = {"generator": "mpcs.synth/2", **asdict(cfg), "image_size": list(cfg.image_size)}
     if marker.exists():
         try:
             if json.loads(marker.read_text()) == wanted:
