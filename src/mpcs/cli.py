@@ -33,18 +33,38 @@ def _patients_arg(text: str | None) -> list[str] | None:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from mpcs.data.breakhis import format_summary, scan_breakhis, summarize
+    from mpcs.data.cache import quiet_pil_warnings, with_skip_hint
+    from mpcs.errors import DataError
 
-    print(format_summary(summarize(scan_breakhis(args.data))))
+    try:
+        with quiet_pil_warnings():
+            manifest = scan_breakhis(args.data, on_bad_image=args.on_bad_image)
+    except DataError as err:
+        raise with_skip_hint(err) from None
+    print(format_summary(summarize(manifest)))
+    skipped = manifest.attrs.get("skipped", [])
+    if skipped:
+        print("")
+        print(f"Skipped files ({len(skipped)}):")
+        for path, reason in skipped:
+            print(f"  {path}: {reason}")
     return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from mpcs.data.synth import SynthConfig, parse_image_size, write_breakhis
+    from mpcs.data.synth import (
+        SynthConfig,
+        parse_image_size,
+        patient_specs,
+        sample_count,
+        write_breakhis,
+    )
 
     cfg = SynthConfig(patients=args.patients, samples_per_patient=args.samples_per_patient,
+                      sample_spread=args.sample_spread,
                       image_size=parse_image_size(args.image_size), seed=args.seed)
     root = write_breakhis(args.out, cfg, progress=not args.quiet)
-    n = cfg.patients * cfg.samples_per_patient * 4
+    n = 4 * sum(sample_count(cfg, p) for p in patient_specs(cfg))
     print(f"wrote {n} images of {cfg.patients} patients to {root}")
     return 0
 
@@ -57,9 +77,11 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     patients = _patients_arg(args.patients)
     if patients is not None:
         overrides.append(f"data.patients={patients}")
+    if args.on_bad_image is not None:
+        overrides.append(f"data.on_bad_image={args.on_bad_image}")
     preset = args.preset if (args.preset or args.config) else "cpu-small"
     cfg = resolve(preset=preset if not args.config else None, config_file=args.config,
-                  overrides=overrides)
+                  overrides=overrides, kind="pretrain")
     summary = pretrain(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
     print(f"pre-training finished: {summary['epochs']} epochs, {summary['global_step']} steps, "
           f"final loss {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")
@@ -78,6 +100,87 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
     for name in preset_names():
         print(f"{name:22s} {load_preset(name).get('description', '')}")
+    return 0
+
+
+def cmd_splits(args: argparse.Namespace) -> int:
+    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.splits import make_splits
+
+    fractions = [float(f) for f in args.label_fractions.split(",")]
+    splits = make_splits(scan_breakhis(args.data), folds=args.folds, seed=args.seed,
+                         label_fractions=fractions)
+    path = splits.save(args.out)
+    print(f"wrote {path}: {splits.folds} patient-level folds, stratified by "
+          f"{splits.stratify_by}, seed {splits.seed}")
+    for note in splits.notes:
+        print(f"note: {note}")
+    for k in range(splits.folds):
+        fold = splits.fold(k)
+        print(f"  fold {k}: train {len(fold.train)}, val {len(fold.val)}, "
+              f"test {len(fold.test)} patients")
+    return 0
+
+
+def _downstream(args: argparse.Namespace, mode: str) -> int:
+    from mpcs.config import resolve
+    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.splits import Splits
+    from mpcs.engine.finetune import finetune, linear_eval
+
+    cfg = resolve(preset=args.preset if not args.config else None, config_file=args.config,
+                  overrides=args.set or [], kind="finetune")
+    manifest = scan_breakhis(args.data)
+    splits = Splits.load(args.splits, manifest)
+    if not 0 <= args.fold < splits.folds:
+        raise ConfigError(f"--fold must be in 0..{splits.folds - 1}, got {args.fold}")
+
+    def part(name: str, fraction: float | None = None):
+        rows = splits.frame(manifest, args.fold, name, fraction=fraction)
+        if args.magnification != "all":
+            rows = rows[rows["magnification"] == args.magnification]
+        return rows
+
+    run = linear_eval if mode == "linear" else finetune
+    summary = run(cfg, part("train", args.label_fraction), part("val"), part("test"),
+                  args.out, init=args.init, progress=not args.quiet)
+    print(f"{mode}: selected epoch {summary['selected_epoch']} on validation "
+          f"(ILA {100 * summary['val_ila']:.2f}%); test ILA {100 * summary['test_ila']:.2f}%, "
+          f"PLA {100 * summary['test_pla']:.2f}% on {summary['n_test_images']} images of "
+          f"{summary['n_test_patients']} patients; predictions in {summary['predictions']}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    return _downstream(args, "finetune")
+
+
+def cmd_linear_eval(args: argparse.Namespace) -> int:
+    return _downstream(args, "linear")
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from mpcs.config import resolve
+    from mpcs.evaluation.experiment import run_experiment
+    from mpcs.evaluation.report import write_report
+
+    preset = args.preset if (args.preset or args.config) else "experiment-cpu-small"
+    cfg = resolve(preset=preset if not args.config else None, config_file=args.config,
+                  overrides=args.set or [], kind="experiment")
+    table = run_experiment(cfg, args.data, args.out, resume=args.resume,
+                           progress=not args.quiet)
+    failed = table[table["status"].str.startswith("failed")]
+    csv_path, md_path = write_report(args.out)
+    print(f"experiment: {len(table) - len(failed)} of {len(table)} cells finished; "
+          f"report in {md_path}")
+    return 1 if len(failed) else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mpcs.evaluation.report import write_report
+
+    csv_path, md_path = write_report(args.dir)
+    print(f"wrote {csv_path} and {md_path}")
     return 0
 
 
@@ -100,12 +203,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("inspect", help="summarise a BreakHis-layout data set")
     s.add_argument("--data", required=True, help="BreaKHis_v1 folder or any folder inside it "
                    "down to 'breast'")
+    s.add_argument("--on-bad-image", choices=("error", "skip"), default="error",
+                   help="an unreadable image (header check; pixels are not decoded): stop "
+                   "with an error naming it (default), or skip it and list it")
     s.set_defaults(func=cmd_inspect)
 
     s = sub.add_parser("synth", help="write a synthetic data set in the official BreakHis layout")
     s.add_argument("--out", required=True)
     s.add_argument("--patients", type=int, default=40)
-    s.add_argument("--samples-per-patient", type=int, default=8)
+    s.add_argument("--samples-per-patient", type=int, default=8,
+                   help="samples (4 images each) per patient; the mean with --sample-spread")
+    s.add_argument("--sample-spread", type=float, default=0.0,
+                   help="vary samples per patient by up to this fraction (0 = all equal)")
     s.add_argument("--image-size", default="175x115", help="WIDTHxHEIGHT (default 175x115)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
@@ -120,8 +229,61 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     s.add_argument("--patients", help="restrict to these patients: id,id,... or @file")
     s.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    s.add_argument("--on-bad-image", choices=("error", "skip"), default=None,
+                   help="an unreadable or undecodable image: stop with an error naming it "
+                   "(default: error, or data.on_bad_image of the config), or skip it, drop "
+                   "its sample from the pairs and list it in RUN/skipped_images.csv")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_pretrain)
+
+    s = sub.add_parser("splits", help="patient-level stratified cross-validation splits")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True, help="splits JSON file to write")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--label-fractions", default="0.2,0.4,0.6,0.8,1.0",
+                   help="comma-separated fractions of each fold's training images")
+    s.set_defaults(func=cmd_splits)
+
+    for name, func, what in (("finetune", cmd_finetune, "fine-tune encoder and classifier"),
+                             ("linear-eval", cmd_linear_eval,
+                              "linear evaluation on a frozen encoder (eval mode)")):
+        s = sub.add_parser(name, help=f"{what}; selects on the fold's validation part, tests "
+                           "once on its test part")
+        s.add_argument("--data", required=True)
+        s.add_argument("--splits", required=True, help="file written by `mpcs splits`")
+        s.add_argument("--fold", type=int, required=True)
+        s.add_argument("--magnification", default="all",
+                       choices=["40X", "100X", "200X", "400X", "all"])
+        s.add_argument("--init", required=True,
+                       help="pre-training checkpoint, imagenet, or none")
+        s.add_argument("--label-fraction", type=float, default=1.0,
+                       help="fraction of the fold's training images with labels (0, 1]")
+        s.add_argument("--out", required=True, help="run folder")
+        g = s.add_mutually_exclusive_group()
+        g.add_argument("--preset", default="finetune-paper",
+                       help="finetune-paper (default) or finetune-cpu-small")
+        g.add_argument("--config", help="a YAML file of fine-tuning settings")
+        s.add_argument("--set", action="append", metavar="KEY=VALUE")
+        s.add_argument("--quiet", action="store_true")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("experiment", help="the paper's grid: per fold pre-train MPCS-FP/OP/RP, "
+                       "fine-tune them and the baseline per magnification and label fraction")
+    s.add_argument("--data", required=True)
+    s.add_argument("--out", required=True)
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--preset", help="breakhis-{limited,full}-{resnet50,effnetb2} or "
+                   "experiment-cpu-small (default)")
+    g.add_argument("--config")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE")
+    s.add_argument("--resume", action="store_true", help="skip finished cells")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_experiment)
+
+    s = sub.add_parser("report", help="results.csv and report.md of an experiment folder")
+    s.add_argument("dir")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("presets", help="list the shipped presets")
     s.set_defaults(func=cmd_presets)

@@ -7,6 +7,11 @@ merges a preset (``--preset NAME``, a YAML file in ``mpcs/presets``) or a user f
 keys, wrong types and impossible values raise :class:`~mpcs.errors.ConfigError` before any
 work starts.
 
+Two kinds of configuration exist: pre-training (:data:`PRETRAIN_DEFAULTS`, the default) and
+fine-tuning / linear evaluation (:data:`FINETUNE_DEFAULTS`). A preset or file that holds
+``kind: finetune`` is a fine-tuning configuration; ``resolve(..., kind="finetune")`` asks for
+one and refuses a pre-training preset (and vice versa).
+
 Example:
     >>> cfg = resolve(preset="cpu-small", overrides=["train.epochs=2"])
     >>> cfg["train"]["epochs"]
@@ -54,6 +59,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
         "patients": None,        # restrict pre-training to these patient ids (fold training part)
         "cache_dir": None,       # None: $MPCS_CACHE or ~/.cache/mpcs
         "use_cache": True,
+        "on_bad_image": "error",  # error | skip (skipped files: RUN/skipped_images.csv)
     },
     "model": {
         "encoder": "resnet50_dilated",
@@ -86,6 +92,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
         "device": "auto",        # auto | cpu | cuda | cuda:N
         "amp": "auto",           # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
         "threads": 0,            # torch CPU threads; 0 = torch's default
+        "on_nonfinite": "stop",  # stop | skip (skip the step; stop anyway past 10% of an epoch)
     },
 }
 
@@ -100,13 +107,103 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("adam", "adamw", "sgd", "lars"),
     "schedule.name": ("cosine", "constant"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
+    "data.on_bad_image": ("error", "skip"),
+    "train.on_nonfinite": ("stop", "skip"),
+    # fine-tuning keys (paths that do not exist in a pre-training configuration)
+    "kind": ("finetune", "experiment"),
+    "train.select_by": ("val_ila", "val_loss"),
+}
+
+KINDS: tuple[str, ...] = ("pretrain", "finetune", "experiment")
+
+#: Fine-tuning and linear evaluation (``mpcs.engine.finetune``). The values are the paper's
+#: fine-tuning settings (sec. 4.3.2: Adam, lr 2e-5, batch 32, input 224, random crop, flip,
+#: affine, rotation, colour jitter, dropout 0.3); epochs, early stopping and the augmentation
+#: strengths are not in the paper and are our choices.
+FINETUNE_DEFAULTS: dict[str, Any] = {
+    "kind": "finetune",
+    "name": "custom",
+    "description": "",
+    "seed": 0,
+    "data": {
+        "input_size": 224,
+        "cache_dir": None,       # None: $MPCS_CACHE or ~/.cache/mpcs
+        "use_cache": True,
+    },
+    "model": {
+        "encoder": "resnet50_dilated",  # used for init imagenet|none|plain state dict; an mpcs
+                                        # pre-training checkpoint brings its own encoder
+        "dropout": 0.3,
+        "channels_last": True,
+    },
+    "augment": {
+        "crop_scale": [0.8, 1.0],       # random resized crop: area fraction range
+        "crop_ratio": [0.75, 1.3333333333333333],  # and aspect ratio range
+        "brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05,
+        "hflip": 0.5, "vflip": 0.5, "rot90": True, "rotation_degrees": 15.0, "translate": 0.05,
+    },
+    "optim": {"name": "adam", "lr": 2.0e-5, "weight_decay": 0.0, "momentum": 0.9},
+    "schedule": {"name": "constant", "warmup_epochs": 0, "final_lr_fraction": 0.0},
+    "train": {
+        "epochs": 50,
+        "batch_size": 32,
+        "patience": 10,          # early stopping: epochs without a better val score; 0 = off
+        "select_by": "val_ila",  # val_ila (val loss breaks ties) | val_loss (val ILA breaks ties)
+        "eval_batch_size": 64,
+        "device": "auto",
+        "amp": "auto",
+        "threads": 0,
+    },
+    "linear": {                  # linear evaluation: dropout + linear head on frozen features
+        "epochs": 100,
+        "batch_size": 256,
+        "lr": 1.0e-3,
+        "weight_decay": 0.0,
+        "patience": 20,
+    },
 }
 
 
-def preset_names() -> list[str]:
-    """Names of the presets shipped in ``mpcs/presets``."""
+EXPERIMENT_DEFAULTS: dict[str, Any] = {
+    "kind": "experiment",
+    "name": "custom",
+    "description": "",
+    "dataset": "breakhis",
+    "seed": 0,
+    "folds": 5,
+    "methods": ["fixed", "ordered", "random"],   # MPCS pair strategies pre-trained per fold
+    "baseline": "imagenet",                      # init of the baseline: imagenet | none
+    "pretrain_preset": "mpcs-op-resnet50",       # its pairs.strategy is set per method
+    "pretrain_overrides": [],
+    "finetune_preset": "finetune-paper",
+    "finetune_overrides": [],
+    "mode": "finetune",                          # finetune | linear
+    "magnifications": ["40X", "100X", "200X", "400X"],
+    "label_fractions": [0.2],
+}
+
+
+def preset_names(kind: str | None = None) -> list[str]:
+    """Names of the presets shipped in ``mpcs/presets`` (only those of ``kind`` if given)."""
     folder = resources.files("mpcs") / "presets"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    names = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    if kind is None:
+        return names
+    _check_kind(kind)
+    return [n for n in names if config_kind(load_preset(n)) == kind]
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"unknown configuration kind {kind!r}; use one of {', '.join(KINDS)}")
+
+
+def config_kind(data: Mapping[str, Any]) -> str:
+    """The kind of a preset or config mapping: its ``kind`` key, else ``pretrain``."""
+    kind = data.get("kind", "pretrain")
+    if kind not in KINDS:
+        raise ConfigError(f"config key 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    return kind
 
 
 def load_preset(name: str) -> dict[str, Any]:
@@ -206,7 +303,17 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate_pretrain(cfg: Mapping[str, Any]) -> None:
-    """Type and range checks of a resolved pre-training configuration."""
+    """Type and range checks of a resolved pre-training configuration.
+
+    A fine-tuning or experiment configuration (``kind: finetune|experiment``) is handed to
+    :func:`validate_finetune` or :func:`validate_experiment`.
+    """
+    if cfg.get("kind") == "finetune":
+        validate_finetune(cfg)
+        return
+    if cfg.get("kind") == "experiment":
+        validate_experiment(cfg)
+        return
     _check_types(cfg, PRETRAIN_DEFAULTS)
     t, o, s = cfg["train"], cfg["optim"], cfg["schedule"]
     _require(cfg["loss"]["temperature"] > 0,
@@ -234,21 +341,124 @@ def validate_pretrain(cfg: Mapping[str, Any]) -> None:
     AugmentConfig(**cfg["augment"]).validate()
 
 
+def _range_pair(value: Any, path: str, low: float, high: float) -> tuple[float, float]:
+    ok = (isinstance(value, list) and len(value) == 2
+          and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value))
+    _require(ok, f"config key {path!r} must be a list [min, max] of two numbers, got {value!r}")
+    a, b = float(value[0]), float(value[1])
+    _require(low < a <= b <= high,
+             f"config key {path!r} must satisfy {low} < min <= max <= {high}, got {value!r}")
+    return a, b
+
+
+def validate_finetune(cfg: Mapping[str, Any]) -> None:
+    """Type and range checks of a resolved fine-tuning / linear evaluation configuration."""
+    _check_types(cfg, FINETUNE_DEFAULTS)
+    t, o, s, lin, a = cfg["train"], cfg["optim"], cfg["schedule"], cfg["linear"], cfg["augment"]
+    _require(o["name"] in ("adam", "adamw", "sgd"),
+             f"config key 'optim.name' must be one of adam, adamw, sgd for fine-tuning, "
+             f"got {o['name']!r}")
+    _require(t["epochs"] >= 1, f"train.epochs must be >= 1, got {t['epochs']}")
+    _require(t["batch_size"] >= 2, f"train.batch_size must be >= 2, got {t['batch_size']}")
+    _require(t["eval_batch_size"] >= 1,
+             f"train.eval_batch_size must be >= 1, got {t['eval_batch_size']}")
+    _require(t["patience"] >= 0, f"train.patience must be >= 0 (0 = off), got {t['patience']}")
+    _require(o["lr"] > 0, f"optim.lr must be > 0, got {o['lr']}")
+    _require(o["weight_decay"] >= 0, f"optim.weight_decay must be >= 0, got {o['weight_decay']}")
+    _require(0 <= o["momentum"] < 1, f"optim.momentum must be in [0, 1), got {o['momentum']}")
+    _require(0 <= s["warmup_epochs"] <= t["epochs"],
+             f"schedule.warmup_epochs must be in [0, train.epochs], got {s['warmup_epochs']}")
+    _require(0 <= s["final_lr_fraction"] <= 1,
+             f"schedule.final_lr_fraction must be in [0, 1], got {s['final_lr_fraction']}")
+    _require(cfg["data"]["input_size"] >= 16,
+             f"data.input_size must be >= 16, got {cfg['data']['input_size']}")
+    _require(0 <= cfg["model"]["dropout"] < 1,
+             f"model.dropout must be in [0, 1), got {cfg['model']['dropout']}")
+    _require(lin["epochs"] >= 1, f"linear.epochs must be >= 1, got {lin['epochs']}")
+    _require(lin["batch_size"] >= 1, f"linear.batch_size must be >= 1, got {lin['batch_size']}")
+    _require(lin["lr"] > 0, f"linear.lr must be > 0, got {lin['lr']}")
+    _require(lin["weight_decay"] >= 0,
+             f"linear.weight_decay must be >= 0, got {lin['weight_decay']}")
+    _require(lin["patience"] >= 0, f"linear.patience must be >= 0 (0 = off), got "
+             f"{lin['patience']}")
+    _range_pair(a["crop_scale"], "augment.crop_scale", 0.0, 1.0)
+    _range_pair(a["crop_ratio"], "augment.crop_ratio", 0.0, float("inf"))
+    from mpcs.data.transforms import AugmentConfig
+
+    AugmentConfig(**{k: v for k, v in a.items() if k not in ("crop_scale", "crop_ratio")}
+                  ).validate()
+
+
 def resolve(preset: str | None = None, config_file: str | Path | None = None,
-            overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Defaults <- preset or file <- ``key=value`` overrides; validated."""
+            overrides: Iterable[str] = (), kind: str | None = None) -> dict[str, Any]:
+    """Defaults <- preset or file <- ``key=value`` overrides; validated.
+
+    ``kind`` (``"pretrain"`` or ``"finetune"``) picks the defaults; ``None`` takes the kind
+    the preset or file declares (its ``kind`` key; none means pre-training). A preset or file
+    that declares another kind than the one asked for is a :class:`ConfigError` (a user file
+    without a ``kind`` key takes the kind asked for).
+    """
     if preset and config_file:
         raise ConfigError("give either --preset or --config, not both")
-    cfg = copy.deepcopy(PRETRAIN_DEFAULTS)
+    if kind is not None:
+        _check_kind(kind)
+    data: dict[str, Any] = {}
     if preset:
-        cfg = merge(cfg, load_preset(preset))
+        data = load_preset(preset)
+    elif config_file:
+        data = load_yaml(config_file)
+    # A shipped preset without a kind key is a pre-training one; a user's file without one
+    # takes the kind asked for.
+    declared = config_kind(data) if ("kind" in data or preset) else (kind or "pretrain")
+    if kind is not None and (preset or config_file) and declared != kind:
+        source = f"preset {preset!r}" if preset else f"config file {config_file}"
+        others = ", ".join(preset_names(kind))
+        raise ConfigError(f"{source} is a {declared} configuration, not a {kind} one"
+                          + (f"; {kind} presets: {others}" if others else ""))
+    kind = kind or declared
+    if kind == "pretrain":
+        data = {k: v for k, v in data.items() if k != "kind"}
+    defaults = {"pretrain": PRETRAIN_DEFAULTS, "finetune": FINETUNE_DEFAULTS,
+                "experiment": EXPERIMENT_DEFAULTS}[kind]
+    cfg = copy.deepcopy(defaults)
+    if preset:
+        cfg = merge(cfg, data)
         cfg["name"] = cfg.get("name") if cfg.get("name") != "custom" else preset
     elif config_file:
-        cfg = merge(cfg, load_yaml(config_file))
+        cfg = merge(cfg, data)
     for text in overrides:
         cfg = merge(cfg, parse_override(text))
-    validate_pretrain(cfg)
+    if kind == "pretrain":
+        validate_pretrain(cfg)
+    elif kind == "finetune":
+        validate_finetune(cfg)
+    else:
+        validate_experiment(cfg)
     return cfg
+
+
+def validate_experiment(cfg: Mapping[str, Any]) -> None:
+    """Types and values of an experiment grid; the presets it names must exist."""
+    _check_types(cfg, EXPERIMENT_DEFAULTS)
+    _require(cfg["folds"] >= 2, f"folds must be >= 2, got {cfg['folds']}")
+    strategies = _CHOICES["pairs.strategy"]
+    bad = [m for m in cfg["methods"] if m not in strategies]
+    _require(not bad, f"methods must be pair strategies ({', '.join(strategies)}), got {bad}")
+    _require(cfg["baseline"] in ("imagenet", "none"),
+             f"baseline must be imagenet or none, got {cfg['baseline']!r}")
+    _require(cfg["mode"] in ("finetune", "linear"),
+             f"mode must be finetune or linear, got {cfg['mode']!r}")
+    mags = ("40X", "100X", "200X", "400X", "all")
+    bad = [m for m in cfg["magnifications"] if m not in mags]
+    _require(not bad and cfg["magnifications"],
+             f"magnifications must be a non-empty list of {', '.join(mags)}, got "
+             f"{cfg['magnifications']}")
+    bad = [f for f in cfg["label_fractions"]
+           if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1]
+    _require(not bad and cfg["label_fractions"],
+             f"label_fractions must be numbers in (0, 1], got {cfg['label_fractions']}")
+    for key, kind in (("pretrain_preset", "pretrain"), ("finetune_preset", "finetune")):
+        resolve(preset=cfg[key], kind=kind)
 
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:

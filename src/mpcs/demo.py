@@ -38,6 +38,9 @@ from mpcs.models.lite_weights import lite_weights_available
 
 log = logging.getLogger(__name__)
 
+# 40 patients (20 benign, 20 malignant) with 4 to 12 samples each (4 images per sample).
+DEMO_DATA = SynthConfig(patients=40, samples_per_patient=8, sample_spread=0.5)
+
 
 def split_patients(manifest: pd.DataFrame, test_fraction: float, seed: int
                    ) -> tuple[list[str], list[str]]:
@@ -86,7 +89,7 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, overrides: Seque
              test_fraction: float = 0.4, progress: bool = True) -> pd.DataFrame:
     out = Path(out)
     t_start = time.perf_counter()
-    synth = synth or SynthConfig()
+    synth = synth or DEMO_DATA
     root = write_breakhis(out / "data", synth, progress=progress)
     manifest = scan_breakhis(root)
     train_patients, test_patients = split_patients(manifest, test_fraction, synth.seed)

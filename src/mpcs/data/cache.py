@@ -6,8 +6,22 @@ array instead of the files. The array lives in ``<cache_dir>/<key>.npy`` where `
 hash of the image paths, their sizes and modification times, and ``S``; it is reused across
 runs and folds, rebuilt when any file changes, and safe to delete at any time.
 
-Images are resized to ``S x S`` with Pillow's antialiased bilinear filter (BreakHis' 700x460
-becomes square, as in the authors' pipeline, which resized to the square network input).
+Size rule: every image, whatever its size or aspect ratio, is resized to exactly ``S x S``
+(``S`` = ``data.input_size``) with Pillow's antialiased bilinear filter: no crop, no
+padding, the aspect ratio is not kept. BreakHis' 700x460 (or 700x456) becomes square, as in
+the authors' pipeline, which resized to the square network input; an image smaller than
+``S`` (a 20x12 thumbnail) is upsampled to ``S x S`` the same way. Every mode is first
+converted to 8-bit RGB by :func:`mpcs.data.images.load_rgb` (grayscale, RGBA, palette,
+16-bit, ...).
+
+Bad images (``on_bad_image``): with ``"error"`` (the default) the first image that fails to
+decode, in the order of ``paths``, raises :class:`~mpcs.errors.DataError` naming the file and
+the problem, also when a worker thread decoded it; the decodes still queued are cancelled and
+no cache entry is written. With ``"skip"`` a bad image's pixels are left as zeros and it is
+reported as ``(path, reason)``; the caller must leave it out (pre-training drops the whole
+sample). A cache entry built with ``"skip"`` records its bad images in ``<key>.json``, so a
+later call on the same files reports the same list (``"skip"``) or raises the same error
+(``"error"``) without decoding again.
 
 Example:
     >>> pixels = load_images(["a.png", "b.png"], size=64, cache_dir=None)  # doctest: +SKIP
@@ -21,19 +35,27 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mpcs.data.images import load_rgb
+from mpcs.data.images import is_image_file, load_rgb
 from mpcs.errors import DataError
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
+ON_BAD_IMAGE = ("error", "skip")
+#: A temporary cache file of a process that no longer exists is removed once it is this old.
+STALE_TMP_SECONDS = 3600.0
+
+BadImages = list[tuple[str, str]]
 
 
 def default_cache_dir() -> Path:
@@ -42,30 +64,205 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "mpcs"
 
 
+@contextmanager
+def quiet_pil_warnings() -> Iterator[None]:
+    """Silence Pillow's ``UserWarning``s (e.g. "Corrupt EXIF data") while reading images.
+
+    A damaged file either still decodes or fails with a :class:`DataError` that names it;
+    Pillow's own warning would only add a second, less clear message on stderr. Enter it in
+    the main thread around the whole threaded section (``warnings`` filters are global).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\.|$)")
+        yield
+
+
+def with_skip_hint(err: DataError) -> DataError:
+    """An error about one image file, plus how to go on without it (other errors as is)."""
+    head = str(err).split(": ", 1)[0]
+    if not is_image_file(head):
+        return err
+    return DataError(f"{err}. To leave unusable images out instead, use --on-bad-image skip "
+                     f"(config data.on_bad_image=skip)")
+
+
 def decode_resized(path: str | Path, size: int) -> np.ndarray:
     """One image as uint8 [3, size, size] RGB (errors name the file: see ``load_rgb``)."""
     img = load_rgb(path).resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def cache_key(paths: Sequence[str | Path], size: int) -> str:
+def _decode_one(path: str | Path, size: int) -> np.ndarray:
+    """``decode_resized`` whose every failure is a :class:`DataError` naming the file."""
+    try:
+        return decode_resized(path, size)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - anything else a decoder throws, named
+        raise DataError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
+
+
+def _reason(exc: DataError, path: str | Path) -> str:
+    """The problem part of a ``"<path>: <problem>"`` message."""
+    return str(exc).removeprefix(f"{path}: ")
+
+
+def cache_key(paths: Sequence[str | Path], size: int, missing_ok: bool = False) -> str:
+    """Hash of ``size`` and every path with its size and modification time.
+
+    A file that cannot be stat'ed raises :class:`DataError`, unless ``missing_ok`` (skip
+    mode), where it enters the hash as missing and fails later, at decode time.
+    """
     h = hashlib.sha1(f"v{CACHE_VERSION}|{size}".encode())
     for p in paths:
         try:
             st = os.stat(p)
         except OSError as exc:
-            raise DataError(f"{p}: cannot read file ({exc.strerror or exc})") from None
+            if not missing_ok:
+                raise DataError(f"{p}: cannot read file ({exc.strerror or exc})") from None
+            h.update(f"|{os.path.abspath(p)}|missing".encode())
+            continue
         h.update(f"|{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 
 def _decode_all(paths: Sequence[str | Path], size: int, out: np.ndarray,
-                progress: bool, workers: int) -> None:
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        it = pool.map(lambda p: decode_resized(p, size), paths)
-        for i, arr in enumerate(tqdm(it, total=len(paths), desc=f"decode@{size}",
-                                     unit="img", disable=not progress, leave=False)):
-            out[i] = arr
+                progress: bool, workers: int, on_bad_image: str) -> BadImages:
+    """Decode ``paths`` into ``out`` with a thread pool; returns the skipped bad images.
+
+    In error mode the first failure (in path order) is raised in the calling thread and the
+    decodes not yet started are cancelled.
+    """
+    bad: BadImages = []
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mpcs-decode")
+    try:
+        with quiet_pil_warnings():
+            futures: list[Future[np.ndarray] | None] = [
+                pool.submit(_decode_one, p, size) for p in paths]
+            for i in tqdm(range(len(paths)), desc=f"decode@{size}", unit="img",
+                          disable=not progress, leave=False):
+                future = futures[i]
+                futures[i] = None  # let finished pixels go as soon as they are copied
+                try:
+                    out[i] = future.result()  # type: ignore[union-attr]
+                except DataError as exc:
+                    if on_bad_image == "error":
+                        raise
+                    out[i] = 0
+                    bad.append((str(paths[i]), _reason(exc, paths[i])))
+                    log.warning("skipping %s: %s", paths[i], bad[-1][1])
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return bad
+
+
+def _read_entry(final: Path, meta: Path, shape: tuple[int, ...]
+                ) -> tuple[np.ndarray, BadImages] | None:
+    """A complete cache entry (pixels, recorded bad images), or None to rebuild it."""
+    if not (final.exists() and meta.exists()):
+        return None
+    try:
+        info = json.loads(meta.read_text())
+        arr = np.load(final, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if arr.shape != shape or not isinstance(info, dict):
+        return None
+    return arr, [(str(p), str(r)) for p, r in info.get("bad", [])]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Remove ``<key>.<pid>.tmp.npy`` files left by killed processes (dead pid, old file)."""
+    now = time.time()
+    for tmp in folder.glob("*.tmp.npy"):
+        parts = tmp.name.split(".")
+        if len(parts) != 4 or not parts[1].isdigit() or _pid_alive(int(parts[1])):
+            continue
+        try:
+            if now - tmp.stat().st_mtime > STALE_TMP_SECONDS:
+                tmp.unlink()
+                log.info("removed a stale temporary cache file %s", tmp)
+        except OSError:
+            pass
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cache_write_error(folder: Path, exc: OSError) -> DataError:
+    return DataError(
+        f"{folder}: cannot write the decoded-image cache ({exc.strerror or exc}); free space "
+        f"there, set data.cache_dir (or $MPCS_CACHE) to a writable folder, or set "
+        f"data.use_cache=false")
+
+
+def load_images_with_report(paths: Sequence[str | Path], size: int,
+                            cache_dir: str | Path | None = None, progress: bool = True,
+                            workers: int | None = None, on_bad_image: str = "error"
+                            ) -> tuple[np.ndarray, BadImages]:
+    """Decoded, resized pixels of ``paths`` as uint8 ``[N, 3, size, size]``, and the bad
+    images skipped as ``(path, reason)`` pairs (always empty with ``on_bad_image="error"``).
+
+    With ``cache_dir`` (a folder) the array is memory-mapped from, or first written to, that
+    folder; with ``None`` it is decoded into memory and not kept. See the module docstring
+    for the size rule and ``on_bad_image``.
+    """
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(f"on_bad_image must be 'error' or 'skip', got {on_bad_image!r}")
+    workers = workers or min(4, os.cpu_count() or 1)
+    shape = (len(paths), 3, size, size)
+    if cache_dir is None:
+        out = np.empty(shape, dtype=np.uint8)
+        return out, _decode_all(paths, size, out, progress, workers, on_bad_image)
+    folder = Path(cache_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cache_write_error(folder, exc) from None
+    key = cache_key(paths, size, missing_ok=on_bad_image == "skip")
+    final, meta = folder / f"{key}.npy", folder / f"{key}.json"
+    entry = _read_entry(final, meta, shape)
+    if entry is not None:
+        arr, bad = entry
+        if bad and on_bad_image == "error":
+            path, reason = bad[0]
+            raise DataError(f"{path}: {reason}")
+        for path, reason in bad:
+            log.warning("skipping %s: %s (recorded in the image cache)", path, reason)
+        return arr, bad
+    _remove_stale_tmp(folder)
+    tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        bad = _decode_all(paths, size, out, progress, workers, on_bad_image)
+        out.flush()
+        del out
+        # The .json first: an .npy without its .json is never used (it is rebuilt).
+        _write_json(meta, {"size": size, "count": len(paths),
+                           "first": str(paths[0]) if paths else None, "bad": bad})
+        os.replace(tmp, final)
+    except OSError as exc:
+        raise _cache_write_error(folder, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("cached %d images at %dx%d in %s", len(paths), size, size, final)
+    return np.load(final, mmap_mode="r"), bad
 
 
 def load_images(paths: Sequence[str | Path], size: int, cache_dir: str | Path | None = None,
@@ -73,32 +270,7 @@ def load_images(paths: Sequence[str | Path], size: int, cache_dir: str | Path | 
     """Decoded, resized pixels of ``paths`` as uint8 ``[N, 3, size, size]``.
 
     With ``cache_dir`` (a folder) the array is memory-mapped from, or first written to, that
-    folder; with ``None`` it is decoded into memory and not kept.
+    folder; with ``None`` it is decoded into memory and not kept. Any bad image raises
+    :class:`DataError` naming it (see :func:`load_images_with_report` to skip them instead).
     """
-    workers = workers or min(4, os.cpu_count() or 1)
-    shape = (len(paths), 3, size, size)
-    if cache_dir is None:
-        out = np.empty(shape, dtype=np.uint8)
-        _decode_all(paths, size, out, progress, workers)
-        return out
-    folder = Path(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    key = cache_key(paths, size)
-    final, meta = folder / f"{key}.npy", folder / f"{key}.json"
-    if final.exists() and meta.exists():
-        arr = np.load(final, mmap_mode="r")
-        if arr.shape == shape:
-            return arr
-    tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-    try:
-        _decode_all(paths, size, out, progress, workers)
-        out.flush()
-        del out
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta.write_text(json.dumps({"size": size, "count": len(paths),
-                                "first": str(paths[0]) if paths else None}))
-    log.info("cached %d images at %dx%d in %s", len(paths), size, size, final)
-    return np.load(final, mmap_mode="r")
+    return load_images_with_report(paths, size, cache_dir, progress, workers)[0]

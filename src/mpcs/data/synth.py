@@ -58,6 +58,10 @@ class SynthConfig:
 
     patients: int = 40
     samples_per_patient: int = 8
+    # 0: every patient has exactly samples_per_patient samples; s > 0: patient p has a count
+    # drawn uniformly from [(1 - s) K, (1 + s) K], as real patients differ in image counts
+    # (which is what makes patient-level accuracy differ from image-level accuracy).
+    sample_spread: float = 0.0
     image_size: tuple[int, int] = (175, 115)
     seed: int = 0
 
@@ -67,6 +71,8 @@ class SynthConfig:
         if self.samples_per_patient < 1:
             raise ConfigError(
                 f"synth: samples_per_patient must be >= 1, got {self.samples_per_patient}")
+        if not 0 <= self.sample_spread < 1:
+            raise ConfigError(f"synth: sample_spread must be in [0, 1), got {self.sample_spread}")
         w, h = self.image_size
         if w < 16 or h < 16:
             raise ConfigError(f"synth: image_size must be at least 16x16, got {w}x{h}")
@@ -109,6 +115,16 @@ def patient_specs(cfg: SynthConfig) -> list[PatientSpec]:
         specs.append(PatientSpec(i, "benign" if benign else "malignant", code, folder,
                                  f"{10001 + i}SY"))
     return specs
+
+
+def sample_count(cfg: SynthConfig, p: PatientSpec) -> int:
+    """Number of samples of patient ``p`` (see ``SynthConfig.sample_spread``)."""
+    k = cfg.samples_per_patient
+    if cfg.sample_spread == 0:
+        return k
+    rng = np.random.default_rng([cfg.seed, p.index, 0])
+    low = max(1, round(k * (1 - cfg.sample_spread)))
+    return int(rng.integers(low, round(k * (1 + cfg.sample_spread)) + 1))
 
 
 def image_relpath(p: PatientSpec, magnification: str, sequence: int) -> Path:
@@ -433,7 +449,7 @@ def write_breakhis(out: str | Path, cfg: SynthConfig, progress: bool = True,
                           "choose another --out or delete it")
     from tqdm import tqdm
 
-    jobs = [(p, s) for p in patient_specs(cfg) for s in range(cfg.samples_per_patient)]
+    jobs = [(p, s) for p in patient_specs(cfg) for s in range(sample_count(cfg, p))]
     workers = workers or min(len(jobs), os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(_write_sample, cfg, p, s, root) for p, s in jobs]

@@ -6,6 +6,7 @@ cross-validation on the training part only (never on the test part).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,8 @@ from sklearn.preprocessing import StandardScaler
 from mpcs.data.transforms import eval_transform
 from mpcs.models.encoders import Encoder
 
+log = logging.getLogger(__name__)
+
 
 @torch.no_grad()
 def extract_features(encoder: Encoder, pixels: np.ndarray, input_size: int,
@@ -29,7 +32,7 @@ def extract_features(encoder: Encoder, pixels: np.ndarray, input_size: int,
     out = []
     try:
         for i in range(0, len(pixels), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(pixels[i:i + batch_size])).to(device)
+            x = torch.from_numpy(np.array(pixels[i:i + batch_size])).to(device)
             x = eval_transform(x, input_size, tuple(encoder.mean), tuple(encoder.std))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -47,9 +50,16 @@ def fit_linear_probe(features: np.ndarray, labels: Sequence, groups: Sequence,
     if n_groups < 2:
         raise ValueError(f"a linear probe needs images of at least 2 patients, got {n_groups}")
     splitter = StratifiedGroupKFold(n_splits=min(folds, n_groups), shuffle=True, random_state=seed)
-    cv = list(splitter.split(features, labels, groups))
+    y = np.asarray(labels)
+    # Folds whose training or validation side holds one class cannot score a C value.
+    cv = [(tr, va) for tr, va in splitter.split(features, y, groups)
+          if len(set(y[tr])) == 2 and len(set(y[va])) == 2]
     pipe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000,
                                                               random_state=seed))
+    if not cv:
+        log.warning("linear probe: too few patients per class to choose C by cross-validation; "
+                    "using C=1")
+        return pipe.fit(features, y)
     grid = {"logisticregression__C": np.logspace(-4, 1, 8).tolist()}
     search = GridSearchCV(pipe, grid, cv=cv, scoring="neg_log_loss", refit=True)
-    return search.fit(features, labels).best_estimator_
+    return search.fit(features, y).best_estimator_

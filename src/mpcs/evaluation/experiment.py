@@ -1,0 +1,165 @@
+"""``mpcs experiment``: the paper's BreakHis grid (Exp-1 ... Exp-8) over patient-level folds.
+
+For every fold of a patient-level split (``OUT/splits.json``):
+
+1. pre-train MPCS with each pair strategy (FP, OP, RP) on that fold's TRAINING patients only
+   (``OUT/fold<k>/pretrain-<strategy>``);
+2. fine-tune (or linear-evaluate) each pre-trained encoder and the baseline initialisation
+   (ImageNet or random) at each magnification and label fraction, selecting on the fold's
+   validation part and testing once on its test part
+   (``OUT/fold<k>/<method>/<magnification>/lf<fraction>``).
+
+Every finished cell holds ``test_metrics.json``; ``--resume`` skips those and redoes the
+interrupted one. A failed cell is reported in ``OUT/failures.jsonl`` and does not stop the
+others. Before anything trains, the runner refuses a split in which a patient is in two parts
+of a fold, and a pre-training run whose images include a validation or test patient.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from mpcs.config import resolve
+from mpcs.data.breakhis import scan_breakhis
+from mpcs.data.splits import Splits, check_splits, make_splits
+from mpcs.engine.finetune import finetune, linear_eval
+from mpcs.engine.pretrain import pretrain
+from mpcs.engine.runinfo import atomic_write_text, write_run_info
+from mpcs.errors import ConfigError, DataError, MpcsError
+
+log = logging.getLogger(__name__)
+
+STRATEGY_NAMES = {"fixed": "MPCS-FP", "ordered": "MPCS-OP", "random": "MPCS-RP",
+                  "fp": "MPCS-FP", "op": "MPCS-OP", "rp": "MPCS-RP"}
+BASELINE_NAMES = {"imagenet": "ImageNet", "none": "Random init"}
+
+
+def cell_dir(out: Path, fold: int, method: str, magnification: str, fraction: float) -> Path:
+    return out / f"fold{fold}" / method / magnification / f"lf{fraction:g}"
+
+
+def _load_or_make_splits(cfg: Mapping[str, Any], manifest: pd.DataFrame, out: Path) -> Splits:
+    path = out / "splits.json"
+    if path.exists():
+        splits = Splits.load(path, manifest)
+        if splits.folds != cfg["folds"] or splits.seed != cfg["seed"]:
+            raise ConfigError(f"{path} holds {splits.folds} folds with seed {splits.seed}; the "
+                              f"experiment asks for {cfg['folds']} folds with seed "
+                              f"{cfg['seed']}. Use another --out.")
+        return splits
+    splits = make_splits(manifest, folds=cfg["folds"], seed=cfg["seed"],
+                         label_fractions=cfg["label_fractions"])
+    splits.save(path)
+    return splits
+
+
+def _guard_pretraining(run: Path, fold_train: Sequence[str], fold: int) -> None:
+    """Refuse pre-training images of anyone but the fold's training patients."""
+    used = set((run / "pretrain_patients.txt").read_text().split())
+    leaked = sorted(used - set(fold_train))
+    if leaked:
+        raise DataError(f"fold {fold}: pre-training in {run} used patients outside the fold's "
+                        f"training part: {', '.join(leaked[:10])}")
+
+
+def _pretrain_fold(cfg: Mapping[str, Any], data: Path, out: Path, splits: Splits, fold: int,
+                   train_patients: Sequence[str], resume: bool, progress: bool
+                   ) -> dict[str, tuple[str, str]]:
+    """Pre-train each strategy on the fold's training patients: {method: (checkpoint,
+    encoder name)}."""
+    checkpoints: dict[str, tuple[str, str]] = {}
+    fold_split = splits.fold(fold)
+    held_out = set(fold_split.val) | set(fold_split.test)
+    leaked = sorted(set(train_patients) & held_out)
+    if leaked:
+        raise DataError(f"fold {fold}: refusing to pre-train on validation/test patients: "
+                        f"{', '.join(leaked[:10])}")
+    for strategy in cfg["methods"]:
+        run = out / f"fold{fold}" / f"pretrain-{strategy}"
+        pcfg = resolve(preset=cfg["pretrain_preset"], overrides=[
+            *cfg["pretrain_overrides"], f"pairs.strategy={strategy}", f"seed={cfg['seed']}",
+            f"data.patients={sorted(train_patients)}"])
+        done = run / "done.json"
+        if not (resume and done.exists()):
+            log.info("fold %d: pre-training %s", fold, STRATEGY_NAMES[strategy])
+            summary = pretrain(pcfg, data, run, resume=resume, progress=progress)
+            atomic_write_text(done, json.dumps(summary, indent=1))
+        _guard_pretraining(run, train_patients, fold)
+        checkpoints[STRATEGY_NAMES[strategy]] = (str(run / "checkpoints" / "last.pt"),
+                                                 pcfg["model"]["encoder"])
+    return checkpoints
+
+
+def _select(frame: pd.DataFrame, magnification: str) -> pd.DataFrame:
+    return frame if magnification == "all" else frame[frame["magnification"] == magnification]
+
+
+def _run_cell(cfg: Mapping[str, Any], fcfg: Mapping[str, Any], splits: Splits,
+              manifest: pd.DataFrame, fold: int, magnification: str, fraction: float,
+              init: str, cell: Path, progress: bool) -> dict[str, Any]:
+    train = _select(splits.frame(manifest, fold, "train", fraction=fraction), magnification)
+    val = _select(splits.frame(manifest, fold, "val"), magnification)
+    test = _select(splits.frame(manifest, fold, "test"), magnification)
+    run = linear_eval if cfg["mode"] == "linear" else finetune
+    return run(fcfg, train, val, test, cell, init=init, progress=progress)
+
+
+def _record_failure(out: Path, record: Mapping[str, Any]) -> None:
+    with open(out / "failures.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
+                   resume: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Run the grid; returns one row per cell that has test metrics."""
+    out, data = Path(out), Path(data)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ConfigError(f"{out} already holds an experiment; add --resume to continue it or "
+                          "choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_info(out, cfg, {"data": str(data)})
+    manifest = scan_breakhis(data)
+    splits = _load_or_make_splits(cfg, manifest, out)
+    check_splits(splits, manifest)
+    fcfg = resolve(preset=cfg["finetune_preset"], kind="finetune",
+                   overrides=[*cfg["finetune_overrides"], f"seed={cfg['seed']}"])
+    rows = []
+    for fold in range(cfg["folds"]):
+        train_patients = splits.fold(fold).train
+        inits = {BASELINE_NAMES[cfg["baseline"]]: (cfg["baseline"], fcfg["model"]["encoder"])}
+        inits.update(_pretrain_fold(cfg, data, out, splits, fold, train_patients, resume,
+                                    progress))
+        for method, (init, encoder) in inits.items():
+            for mag in cfg["magnifications"]:
+                for fraction in cfg["label_fractions"]:
+                    cell = cell_dir(out, fold, method, mag, fraction)
+                    key = {"fold": fold, "method": method, "magnification": mag,
+                           "label_fraction": fraction}
+                    if resume and (cell / "test_metrics.json").exists():
+                        rows.append({**key, "cell": str(cell), "status": "skipped (done)"})
+                        continue
+                    t0 = time.perf_counter()
+                    try:
+                        _run_cell(cfg, fcfg, splits, manifest, fold, mag, fraction, init,
+                                  cell, progress)
+                        atomic_write_text(cell / "cell.json", json.dumps(
+                            {"dataset": cfg["dataset"], "mode": cfg["mode"], "encoder": encoder,
+                             "init": init, **key}, indent=1))
+                        rows.append({**key, "cell": str(cell), "status": "done",
+                                     "seconds": time.perf_counter() - t0})
+                    except (MpcsError, RuntimeError, ValueError) as e:
+                        log.error("cell %s failed: %s", cell, e)
+                        _record_failure(out, {**key, "error": str(e),
+                                              "traceback": traceback.format_exc()})
+                        rows.append({**key, "cell": str(cell), "status": f"failed: {e}"})
+    table = pd.DataFrame(rows)
+    atomic_write_text(out / "cells.csv", table.to_csv(index=False))
+    return table

@@ -1,0 +1,130 @@
+"""``mpcs report DIR``: results table and Table-5/6-style report of an experiment folder.
+
+Reads every finished cell of ``mpcs experiment`` (``cell.json`` + ``test_predictions.csv``),
+recomputes all metrics from the saved predictions, and writes
+
+* ``DIR/results.csv``: one row per fold x method x encoder x magnification x label fraction
+  (columns ``dataset, mode, method, encoder, fold, magnification, label_fraction, ila, pla,
+  precision, recall, f1, roc_auc, n_images, n_patients``);
+* ``DIR/report.md``: per encoder, mode and label fraction, ILA and PLA as mean±std over folds
+  per magnification and their mean, the paired t-test p-value of each MPCS variant against
+  the baseline over (fold, magnification) pairs, and the paper's numbers where the setting
+  matches.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mpcs.engine.runinfo import atomic_write_text
+from mpcs.errors import DataError
+from mpcs.evaluation.metrics import classification_metrics
+from mpcs.evaluation.paper import paper_row
+from mpcs.evaluation.stats import format_mean_std, paired_test
+
+MAGS = ("40X", "100X", "200X", "400X")
+KEYS = ["dataset", "mode", "method", "encoder", "fold", "magnification", "label_fraction"]
+METRICS = ["ila", "pla", "precision", "recall", "f1", "roc_auc"]
+
+
+def _cell_rows(cell_json: Path) -> list[dict]:
+    meta = json.loads(cell_json.read_text())
+    preds = pd.read_csv(cell_json.parent / "test_predictions.csv")
+    rows = []
+    for mag, g in preds.groupby("magnification", sort=False):
+        y = (g["label"] == "malignant").astype(int).to_numpy()
+        m = classification_metrics(y, g["probability"].to_numpy(), g["patient_id"].to_numpy())
+        rows.append({**{k: meta[k] for k in KEYS if k != "magnification"},
+                     "magnification": str(mag), **m})
+    return rows
+
+
+def collect_results(exp_dir: str | Path) -> pd.DataFrame:
+    """All finished cells of an experiment folder as one table (see module docstring)."""
+    exp_dir = Path(exp_dir)
+    cells = sorted(p for p in exp_dir.rglob("cell.json")
+                   if (p.parent / "test_predictions.csv").exists())
+    if not cells:
+        raise DataError(f"{exp_dir}: no finished experiment cell (cell.json with "
+                        "test_predictions.csv) found; run `mpcs experiment` first")
+    rows = [r for c in cells for r in _cell_rows(c)]
+    return pd.DataFrame(rows, columns=[*KEYS, *METRICS, "n_images", "n_patients"])
+
+
+def _method_order(methods: list[str], baseline: str | None) -> list[str]:
+    rest = sorted(m for m in methods if m != baseline)
+    return ([baseline] if baseline else []) + rest
+
+
+def _baseline(methods: list[str]) -> str | None:
+    for name in ("ImageNet", "Random init"):
+        if name in methods:
+            return name
+    return None
+
+
+def _table(group: pd.DataFrame, metric: str, encoder: str, fraction: float) -> list[str]:
+    mags = [m for m in MAGS if m in set(group["magnification"])]
+    methods = list(group["method"].unique())
+    base = _baseline(methods)
+    header = f"| method | {' | '.join(mags)} | Mean | p vs {base or '-'} | paper Mean |"
+    lines = [header, "|" + "---|" * (len(mags) + 4)]
+    for method in _method_order(methods, base):
+        g = group[group["method"] == method]
+        cells = []
+        for mag in mags:
+            v = g.loc[g["magnification"] == mag, metric]
+            cells.append(format_mean_std(v.mean(), v.std(ddof=1)) if len(v) else "-")
+        per_fold = g[g["magnification"].isin(mags)].groupby("fold")[metric].mean()
+        cells.append(format_mean_std(per_fold.mean(), per_fold.std(ddof=1)))
+        cells.append(_p_value(group, method, base, metric, mags))
+        paper = paper_row(encoder, fraction, method, metric)
+        cells.append(f"{paper['Mean']:.2f}" if paper else "-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _p_value(group: pd.DataFrame, method: str, base: str | None, metric: str,
+             mags: list[str]) -> str:
+    if base is None or method == base:
+        return "-"
+    a = group[group["method"] == method].set_index(["fold", "magnification"])[metric]
+    b = group[group["method"] == base].set_index(["fold", "magnification"])[metric]
+    common = a.index.intersection(b.index)
+    if len(common) < 2:
+        return "n/a"
+    test = paired_test(a.loc[common].to_numpy(), b.loc[common].to_numpy())
+    p = test["t_pvalue"]
+    return "n/a" if p is None or np.isnan(p) else f"{p:.3g}"
+
+
+def format_report(results: pd.DataFrame, title: str = "mpcs experiment report") -> str:
+    lines = [f"# {title}", ""]
+    n_folds = results["fold"].nunique()
+    lines += [f"{len(results)} result rows from {n_folds} fold(s). Accuracies in %, mean±std "
+              "over folds (std with ddof=1); `Mean` averages the magnifications within each "
+              "fold first. p: paired t-test against the baseline over (fold, magnification) "
+              "pairs. `paper Mean`: the paper's Table 5 (20 % of images labelled) or Table 6 "
+              "value for the same encoder, method and metric.", ""]
+    for (dataset, mode, encoder, fraction), group in results.groupby(
+            ["dataset", "mode", "encoder", "label_fraction"], sort=True):
+        for metric, name in (("ila", "Image-level accuracy"), ("pla", "Patient-level accuracy")):
+            lines += [f"## {dataset}, {mode}, {encoder}, {fraction:g} of the training labels: "
+                      f"{name}", ""]
+            lines += _table(group, metric, encoder, fraction)
+            lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(exp_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``results.csv`` and ``report.md`` into ``exp_dir``; returns their paths."""
+    exp_dir = Path(exp_dir)
+    results = collect_results(exp_dir)
+    csv_path, md_path = exp_dir / "results.csv", exp_dir / "report.md"
+    atomic_write_text(csv_path, results.to_csv(index=False))
+    atomic_write_text(md_path, format_report(results))
+    return csv_path, md_path

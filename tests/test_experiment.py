@@ -1,0 +1,110 @@
+"""The experiment grid and its report on tiny synthetic data: leakage guards, resume, tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mpcs.config import resolve
+from mpcs.data.splits import Splits
+from mpcs.data.synth import SynthConfig, write_breakhis
+from mpcs.errors import ConfigError, DataError
+from mpcs.evaluation import experiment as exp_mod
+from mpcs.evaluation.experiment import run_experiment
+from mpcs.evaluation.report import write_report
+from tests.conftest import TINY_OVERRIDES
+
+FINETUNE_TINY = ["data.input_size=32", "train.epochs=2", "train.batch_size=4",
+                 "linear.epochs=3", "model.encoder=resnet18", "train.threads=1"]
+
+
+@pytest.fixture(scope="module")
+def ten_patients(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_breakhis(tmp_path_factory.mktemp("exp"),
+                          SynthConfig(patients=10, samples_per_patient=2, image_size=(48, 32)),
+                          progress=False)
+
+
+def tiny_experiment(**extra) -> dict:
+    return resolve(kind="experiment", preset="experiment-cpu-small", overrides=[
+        "folds=2", "methods=[op]", "magnifications=[40X, 400X]", "label_fractions=[1.0]",
+        "mode=linear", "baseline=none",
+        f"pretrain_overrides={TINY_OVERRIDES + ['train.threads=1']}",
+        f"finetune_overrides={FINETUNE_TINY}",
+        *[f"{k}={v}" for k, v in extra.items()]])
+
+
+def test_grid_runs_resumes_and_reports(ten_patients: Path, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "exp"
+    cfg = tiny_experiment()
+    table = run_experiment(cfg, ten_patients, out, progress=False)
+    assert (table["status"] == "done").all(), table
+    assert len(table) == 2 * 2 * 2  # folds x (MPCS-OP, random init) x magnifications
+
+    # Pre-training of each fold used that fold's training patients only.
+    splits = Splits.load(out / "splits.json")
+    for k in range(2):
+        used = set((out / f"fold{k}" / "pretrain-op" / "pretrain_patients.txt").read_text()
+                   .split())
+        assert used == set(splits.fold(k).train)
+        assert not used & (set(splits.fold(k).val) | set(splits.fold(k).test))
+
+    # Without --resume an existing experiment is refused; with it, finished cells are skipped.
+    with pytest.raises(ConfigError, match="--resume"):
+        run_experiment(cfg, ten_patients, out, progress=False)
+    calls = []
+    real_linear_eval = exp_mod.linear_eval
+    monkeypatch.setattr(exp_mod, "linear_eval", lambda *a, **k: calls.append(a))
+    again = run_experiment(cfg, ten_patients, out, resume=True, progress=False)
+    assert not calls
+    assert again["status"].str.startswith("skipped").all()
+
+    # A cell interrupted by a kill has no test_metrics.json: --resume redoes that one only.
+    interrupted = exp_mod.cell_dir(out, 1, "MPCS-OP", "400X", 1.0)
+    (interrupted / "test_metrics.json").unlink()
+    monkeypatch.setattr(exp_mod, "linear_eval", real_linear_eval)
+    again = run_experiment(cfg, ten_patients, out, resume=True, progress=False)
+    redone = again[again["status"] == "done"]
+    assert redone["cell"].tolist() == [str(interrupted)]
+    assert (interrupted / "test_metrics.json").exists()
+
+    csv_path, md_path = write_report(out)
+    results = pd.read_csv(csv_path)
+    for col in ("dataset", "method", "encoder", "fold", "magnification", "label_fraction",
+                "ila", "pla"):
+        assert col in results.columns
+    assert set(results["method"]) == {"MPCS-OP", "Random init"}
+    assert len(results) == 8
+    report = md_path.read_text()
+    assert "Image-level accuracy" in report and "Patient-level accuracy" in report
+    assert "| MPCS-OP |" in report and "p vs Random init" in report
+
+
+def test_a_failed_cell_does_not_stop_the_others(ten_patients: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    real = exp_mod.linear_eval
+
+    def flaky(cfg, train, val, test, out_dir, init, progress=True):
+        if "400X" in str(out_dir) and "fold0" in str(out_dir):
+            raise RuntimeError("simulated crash")
+        return real(cfg, train, val, test, out_dir, init=init, progress=progress)
+
+    monkeypatch.setattr(exp_mod, "linear_eval", flaky)
+    out = tmp_path / "exp"
+    table = run_experiment(tiny_experiment(), ten_patients, out, progress=False)
+    failed = table[table["status"].str.startswith("failed")]
+    assert len(failed) == 2 and (failed["magnification"] == "400X").all()
+    assert (table["status"] == "done").sum() == 6
+    lines = (out / "failures.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and "simulated crash" in lines[0]
+
+
+def test_leaked_pretraining_patient_is_refused(ten_patients: Path, tmp_path: Path) -> None:
+    run = tmp_path / "pre"
+    run.mkdir()
+    (run / "pretrain_patients.txt").write_text("A\nB\nLEAK\n")
+    with pytest.raises(DataError, match="LEAK"):
+        exp_mod._guard_pretraining(run, ["A", "B"], fold=0)
