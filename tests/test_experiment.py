@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -39,7 +40,7 @@ def tiny_experiment(**extra) -> dict:
 def test_grid_runs_resumes_and_reports(ten_patients: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "exp"
-    cfg = tiny_experiment()
+    cfg = tiny_experiment(cross_magnification="true")
     table = run_experiment(cfg, ten_patients, out, progress=False)
     assert (table["status"] == "done").all(), table
     assert len(table) == 2 * 2 * 2  # folds x (MPCS-OP, random init) x magnifications
@@ -81,6 +82,17 @@ def test_grid_runs_resumes_and_reports(ten_patients: Path, tmp_path: Path,
     report = md_path.read_text()
     assert "Image-level accuracy" in report and "Patient-level accuracy" in report
     assert "| MPCS-OP |" in report and "p vs Random init" in report
+    # Each model trained at one magnification is also tested at all four.
+    cross = pd.read_csv(out / "cross_magnification.csv")
+    assert len(cross) == 8 * 4
+    assert set(cross["test_magnification"]) == {"40X", "100X", "200X", "400X"}
+    assert set(cross["train_magnification"]) == {"40X", "400X"}
+    assert "Cross-magnification evaluation" in report and "| 400X |" in report
+    # On its own magnification the cross evaluation reproduces the cell's test accuracy.
+    cell = exp_mod.cell_dir(out, 0, "MPCS-OP", "400X", 1.0)
+    own = pd.read_csv(cell / "cross_magnification.csv").set_index("test_magnification")
+    assert own.loc["400X", "ila"] == pytest.approx(
+        json.loads((cell / "test_metrics.json").read_text())["ila"], abs=1e-9)
 
 
 def test_a_failed_cell_does_not_stop_the_others(ten_patients: Path, tmp_path: Path,
@@ -108,3 +120,20 @@ def test_leaked_pretraining_patient_is_refused(ten_patients: Path, tmp_path: Pat
     (run / "pretrain_patients.txt").write_text("A\nB\nLEAK\n")
     with pytest.raises(DataError, match="LEAK"):
         exp_mod._guard_pretraining(run, ["A", "B"], fold=0)
+
+
+def test_experiment_refuses_splits_with_a_patient_in_two_parts(ten_patients: Path,
+                                                               tmp_path: Path) -> None:
+    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.splits import make_splits
+
+    out = tmp_path / "exp"
+    out.mkdir()
+    splits = make_splits(scan_breakhis(ten_patients), folds=2, seed=0,
+                         label_fractions=[1.0]).to_dict()
+    moved = splits["fold_splits"][0]["test"][0]
+    splits["fold_splits"][0]["train"].append(moved)   # now in train and test of fold 0
+    (out / "splits.json").write_text(json.dumps(splits))
+    with pytest.raises(DataError, match=moved):
+        run_experiment(tiny_experiment(), ten_patients, out, resume=True, progress=False)
+    assert not (out / "fold0").exists(), "nothing may train on leaking splits"

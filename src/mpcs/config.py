@@ -180,6 +180,7 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "mode": "finetune",                          # finetune | linear
     "magnifications": ["40X", "100X", "200X", "400X"],
     "label_fractions": [0.2],
+    "cross_magnification": False,                # test each model at all four magnifications
 }
 
 

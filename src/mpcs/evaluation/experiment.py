@@ -29,11 +29,14 @@ import pandas as pd
 
 from mpcs.config import resolve
 from mpcs.data.breakhis import scan_breakhis
+from mpcs.data.cache import default_cache_dir, load_images
+from mpcs.data.pairs import MAGNIFICATIONS
 from mpcs.data.splits import Splits, check_splits, make_splits
-from mpcs.engine.finetune import finetune, linear_eval
+from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
 from mpcs.engine.pretrain import pretrain
 from mpcs.engine.runinfo import atomic_write_text, write_run_info
 from mpcs.errors import ConfigError, DataError, MpcsError
+from mpcs.evaluation.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,12 @@ def _pretrain_fold(cfg: Mapping[str, Any], data: Path, out: Path, splits: Splits
     return checkpoints
 
 
+def _cache_dir(fcfg: Mapping[str, Any]) -> str | None:
+    if not fcfg["data"]["use_cache"]:
+        return None
+    return str(fcfg["data"]["cache_dir"] or default_cache_dir())
+
+
 def _select(frame: pd.DataFrame, magnification: str) -> pd.DataFrame:
     return frame if magnification == "all" else frame[frame["magnification"] == magnification]
 
@@ -110,6 +119,30 @@ def _run_cell(cfg: Mapping[str, Any], fcfg: Mapping[str, Any], splits: Splits,
     test = _select(splits.frame(manifest, fold, "test"), magnification)
     run = linear_eval if cfg["mode"] == "linear" else finetune
     return run(fcfg, train, val, test, cell, init=init, progress=progress)
+
+
+def cross_magnification(cell: Path, splits: Splits, manifest: pd.DataFrame, fold: int,
+                        train_magnification: str, cache_dir: str | None) -> pd.DataFrame:
+    """Test the cell's selected model on the fold's test images of every magnification
+    (the paper's supplementary cross-magnification evaluation); writes
+    ``cross_magnification.csv`` in the cell."""
+    model, _ = load_finetuned(cell / "best.pt")
+    test = splits.frame(manifest, fold, "test")
+    rows = []
+    for mag in MAGNIFICATIONS:
+        part = test[test["magnification"] == mag]
+        if part.empty:
+            continue
+        pixels = load_images(part["path"].tolist(), model.input_size, cache_dir=cache_dir,
+                             progress=False)
+        prob = model.predict_proba(pixels)[:, 1]
+        y = (part["label"] == "malignant").astype(int).to_numpy()
+        m = classification_metrics(y, prob, part["patient_id"].to_numpy())
+        rows.append({"train_magnification": train_magnification, "test_magnification": mag,
+                     "ila": m["ila"], "pla": m["pla"], "n_images": m["n_images"]})
+    table = pd.DataFrame(rows)
+    atomic_write_text(cell / "cross_magnification.csv", table.to_csv(index=False))
+    return table
 
 
 def _record_failure(out: Path, record: Mapping[str, Any]) -> None:
@@ -150,6 +183,9 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                     try:
                         _run_cell(cfg, fcfg, splits, manifest, fold, mag, fraction, init,
                                   cell, progress)
+                        if cfg["cross_magnification"] and mag != "all":
+                            cross_magnification(cell, splits, manifest, fold, mag,
+                                                _cache_dir(fcfg))
                         atomic_write_text(cell / "cell.json", json.dumps(
                             {"dataset": cfg["dataset"], "mode": cfg["mode"], "encoder": encoder,
                              "init": init, **key}, indent=1))

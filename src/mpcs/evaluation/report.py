@@ -120,11 +120,52 @@ def format_report(results: pd.DataFrame, title: str = "mpcs experiment report") 
     return "\n".join(lines)
 
 
+def collect_cross_magnification(exp_dir: Path) -> pd.DataFrame:
+    """Rows of every cell's ``cross_magnification.csv`` with the cell's method and encoder."""
+    frames = []
+    for path in sorted(exp_dir.rglob("cross_magnification.csv")):
+        meta_path = path.parent / "cell.json"
+        if not meta_path.exists():
+            continue
+        meta = json.loads(meta_path.read_text())
+        table = pd.read_csv(path)
+        for key in ("method", "encoder", "fold", "label_fraction", "mode"):
+            table[key] = meta[key]
+        frames.append(table)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def format_cross_magnification(cross: pd.DataFrame) -> str:
+    """4x4 tables (train magnification x test magnification), ILA mean±std over folds."""
+    lines = ["## Cross-magnification evaluation (image-level accuracy)", "",
+             "Rows: magnification trained at; columns: magnification tested at.", ""]
+    for (mode, encoder, fraction, method), g in cross.groupby(
+            ["mode", "encoder", "label_fraction", "method"], sort=True):
+        lines += [f"### {method}, {mode}, {encoder}, {fraction:g} of the training labels", "",
+                  "| trained at | " + " | ".join(MAGS) + " |", "|" + "---|" * (len(MAGS) + 1)]
+        for train_mag in MAGS:
+            row = g[g["train_magnification"] == train_mag]
+            if row.empty:
+                continue
+            cells = []
+            for test_mag in MAGS:
+                v = row.loc[row["test_magnification"] == test_mag, "ila"]
+                cells.append(format_mean_std(v.mean(), v.std(ddof=1)) if len(v) else "-")
+            lines.append(f"| {train_mag} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def write_report(exp_dir: str | Path) -> tuple[Path, Path]:
     """Write ``results.csv`` and ``report.md`` into ``exp_dir``; returns their paths."""
     exp_dir = Path(exp_dir)
     results = collect_results(exp_dir)
     csv_path, md_path = exp_dir / "results.csv", exp_dir / "report.md"
     atomic_write_text(csv_path, results.to_csv(index=False))
-    atomic_write_text(md_path, format_report(results))
+    text = format_report(results)
+    cross = collect_cross_magnification(exp_dir)
+    if not cross.empty:
+        atomic_write_text(exp_dir / "cross_magnification.csv", cross.to_csv(index=False))
+        text += "\n" + format_cross_magnification(cross)
+    atomic_write_text(md_path, text)
     return csv_path, md_path
