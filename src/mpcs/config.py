@@ -303,6 +303,19 @@ def _require(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_optim_schedule_input(cfg: Mapping[str, Any]) -> None:
+    """Checks shared by pre-training and fine-tuning configurations."""
+    t, o, s = cfg["train"], cfg["optim"], cfg["schedule"]
+    _require(o["lr"] > 0, f"optim.lr must be > 0, got {o['lr']}")
+    _require(o["weight_decay"] >= 0, f"optim.weight_decay must be >= 0, got {o['weight_decay']}")
+    _require(0 <= s["warmup_epochs"] <= t["epochs"],
+             f"schedule.warmup_epochs must be in [0, train.epochs], got {s['warmup_epochs']}")
+    _require(0 <= s["final_lr_fraction"] <= 1,
+             f"schedule.final_lr_fraction must be in [0, 1], got {s['final_lr_fraction']}")
+    _require(cfg["data"]["input_size"] >= 16,
+             f"data.input_size must be >= 16, got {cfg['data']['input_size']}")
+
+
 def validate_pretrain(cfg: Mapping[str, Any]) -> None:
     """Type and range checks of a resolved pre-training configuration.
 
@@ -316,7 +329,7 @@ def validate_pretrain(cfg: Mapping[str, Any]) -> None:
         validate_experiment(cfg)
         return
     _check_types(cfg, PRETRAIN_DEFAULTS)
-    t, o, s = cfg["train"], cfg["optim"], cfg["schedule"]
+    t = cfg["train"]
     _require(cfg["loss"]["temperature"] > 0,
              f"loss.temperature must be > 0, got {cfg['loss']['temperature']}")
     _require(t["epochs"] >= 1, f"train.epochs must be >= 1, got {t['epochs']}")
@@ -324,14 +337,7 @@ def validate_pretrain(cfg: Mapping[str, Any]) -> None:
              f"train.batch_size must be >= 2 (NT-Xent needs negatives), got {t['batch_size']}")
     _require(t["checkpoint_every"] >= 1,
              f"train.checkpoint_every must be >= 1, got {t['checkpoint_every']}")
-    _require(o["lr"] > 0, f"optim.lr must be > 0, got {o['lr']}")
-    _require(o["weight_decay"] >= 0, f"optim.weight_decay must be >= 0, got {o['weight_decay']}")
-    _require(0 <= s["warmup_epochs"] <= t["epochs"],
-             f"schedule.warmup_epochs must be in [0, train.epochs], got {s['warmup_epochs']}")
-    _require(0 <= s["final_lr_fraction"] <= 1,
-             f"schedule.final_lr_fraction must be in [0, 1], got {s['final_lr_fraction']}")
-    _require(cfg["data"]["input_size"] >= 16,
-             f"data.input_size must be >= 16, got {cfg['data']['input_size']}")
+    _check_optim_schedule_input(cfg)
     _require(cfg["model"]["head_out"] >= 1, "model.head_out must be >= 1")
     _require(all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
                  for d in cfg["model"]["head_hidden"]),
@@ -355,7 +361,7 @@ def _range_pair(value: Any, path: str, low: float, high: float) -> tuple[float, 
 def validate_finetune(cfg: Mapping[str, Any]) -> None:
     """Type and range checks of a resolved fine-tuning / linear evaluation configuration."""
     _check_types(cfg, FINETUNE_DEFAULTS)
-    t, o, s, lin, a = cfg["train"], cfg["optim"], cfg["schedule"], cfg["linear"], cfg["augment"]
+    t, o, lin, a = cfg["train"], cfg["optim"], cfg["linear"], cfg["augment"]
     _require(o["name"] in ("adam", "adamw", "sgd"),
              f"config key 'optim.name' must be one of adam, adamw, sgd for fine-tuning, "
              f"got {o['name']!r}")
@@ -364,15 +370,8 @@ def validate_finetune(cfg: Mapping[str, Any]) -> None:
     _require(t["eval_batch_size"] >= 1,
              f"train.eval_batch_size must be >= 1, got {t['eval_batch_size']}")
     _require(t["patience"] >= 0, f"train.patience must be >= 0 (0 = off), got {t['patience']}")
-    _require(o["lr"] > 0, f"optim.lr must be > 0, got {o['lr']}")
-    _require(o["weight_decay"] >= 0, f"optim.weight_decay must be >= 0, got {o['weight_decay']}")
     _require(0 <= o["momentum"] < 1, f"optim.momentum must be in [0, 1), got {o['momentum']}")
-    _require(0 <= s["warmup_epochs"] <= t["epochs"],
-             f"schedule.warmup_epochs must be in [0, train.epochs], got {s['warmup_epochs']}")
-    _require(0 <= s["final_lr_fraction"] <= 1,
-             f"schedule.final_lr_fraction must be in [0, 1], got {s['final_lr_fraction']}")
-    _require(cfg["data"]["input_size"] >= 16,
-             f"data.input_size must be >= 16, got {cfg['data']['input_size']}")
+    _check_optim_schedule_input(cfg)
     _require(0 <= cfg["model"]["dropout"] < 1,
              f"model.dropout must be in [0, 1), got {cfg['model']['dropout']}")
     _require(lin["epochs"] >= 1, f"linear.epochs must be >= 1, got {lin['epochs']}")

@@ -3,14 +3,13 @@ dropped the optimiser state; method notes, defect 7)."""
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from mpcs.engine.runinfo import atomic_file
 from mpcs.errors import CheckpointError
 
 
@@ -19,16 +18,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     so a crash leaves either the old checkpoint or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        torch.save(state, f)
 
 
 def _refusal(path: Path, reason: str) -> CheckpointError:

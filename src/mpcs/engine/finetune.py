@@ -451,6 +451,22 @@ def _log_epoch(out: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _end_epoch(out: Path, bar: Any, epoch: int, train_loss: float, ev: Evaluation, lr: float,
+               t0: float, improved: bool, best_epoch: int, since_best: int,
+               patience: int) -> bool:
+    """Log the epoch to metrics.jsonl and the progress bar; True when early stopping."""
+    _log_epoch(out, {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": ev.loss,
+                     "val_ila": ev.ila, "val_pla": ev.pla, "lr": lr,
+                     "seconds": time.perf_counter() - t0, "improved": improved})
+    bar.set_postfix(loss=f"{train_loss:.4f}", val_loss=f"{ev.loss:.4f}", val_acc=f"{ev.ila:.3f}",
+                    best=best_epoch)
+    if patience and since_best >= patience:
+        log.info("early stop after epoch %d: no better val score for %d epochs", epoch + 1,
+                 since_best)
+        return True
+    return False
+
+
 def _checkpoint(model: Classifier, cfg: Mapping[str, Any], info: Mapping[str, Any],
                 mode: str, epoch: int, val: Evaluation) -> dict[str, Any]:
     enc = model.encoder
@@ -617,15 +633,8 @@ def finetune(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
                             out / "best.pt")
         else:
             since_best += 1
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1),
-                  "val_loss": ev.loss, "val_ila": ev.ila, "val_pla": ev.pla, "lr": lr,
-                  "seconds": time.perf_counter() - t0, "improved": improved}
-        _log_epoch(out, record)
-        bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_loss=f"{ev.loss:.4f}",
-                        val_acc=f"{ev.ila:.3f}", best=best_epoch)
-        if t["patience"] and since_best >= t["patience"]:
-            log.info("early stop after epoch %d: no better val score for %d epochs",
-                     epoch + 1, since_best)
+        if _end_epoch(out, bar, epoch, loss_sum / max(seen, 1), ev, lr, t0, improved,
+                      best_epoch, since_best, t["patience"]):
             break
     bar.close()
     epochs_run = epoch + 1
@@ -718,16 +727,9 @@ def linear_eval(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
             best_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
         else:
             since_best += 1
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / len(train_p),
-                  "val_loss": ev.loss, "val_ila": ev.ila, "val_pla": ev.pla,
-                  "lr": optimizer.param_groups[0]["lr"],
-                  "seconds": time.perf_counter() - t0, "improved": improved}
-        _log_epoch(out, record)
-        bar.set_postfix(loss=f"{record['train_loss']:.4f}", val_loss=f"{ev.loss:.4f}",
-                        val_acc=f"{ev.ila:.3f}", best=best_epoch)
-        if lin["patience"] and since_best >= lin["patience"]:
-            log.info("early stop after epoch %d: no better val score for %d epochs",
-                     epoch + 1, since_best)
+        if _end_epoch(out, bar, epoch, loss_sum / len(train_p), ev,
+                      optimizer.param_groups[0]["lr"], t0, improved, best_epoch, since_best,
+                      lin["patience"]):
             break
     bar.close()
     epochs_run = epoch + 1
