@@ -121,3 +121,21 @@ def test_splits_then_linear_eval_commands(tmp_path: Path, capsys: pytest.Capture
     assert main(["linear-eval", "--data", str(data), "--splits", str(splits), "--fold", "7",
                  "--init", "none", "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert main(["report", str(tmp_path / "x")]) == 2
+
+
+def test_pretrain_on_one_folds_training_patients(tmp_path: Path) -> None:
+    from mpcs.data.splits import Splits
+    from mpcs.data.synth import write_breakhis
+
+    data = write_breakhis(tmp_path / "d", SynthConfig(patients=10, samples_per_patient=2,
+                                                      image_size=(48, 32)), progress=False)
+    splits = tmp_path / "splits.json"
+    assert main(["splits", "--data", str(data), "--out", str(splits), "--folds", "2"]) == 0
+    run = tmp_path / "run"
+    sets = [a for o in TINY_OVERRIDES for a in ("--set", o)]
+    assert main(["pretrain", "--data", str(data), "--out", str(run), "--quiet", "--splits",
+                 str(splits), "--fold", "1", *sets]) == 0
+    used = (run / "pretrain_patients.txt").read_text().split()
+    assert used == sorted(Splits.load(splits).fold(1).train)
+    assert main(["pretrain", "--data", str(data), "--out", str(tmp_path / "r2"), "--quiet",
+                 "--splits", str(splits), *sets]) == 2

@@ -31,6 +31,19 @@ def _patients_arg(text: str | None) -> list[str] | None:
     return ids
 
 
+def _fold_training_patients(data: str, splits_file: str, fold: int | None) -> list[str]:
+    """The training patients of one fold of a splits file (checked against the data)."""
+    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.splits import Splits
+
+    if fold is None:
+        raise ConfigError("--splits needs --fold K (the fold whose training patients to use)")
+    splits = Splits.load(splits_file, scan_breakhis(data))
+    if not 0 <= fold < splits.folds:
+        raise ConfigError(f"--fold must be in 0..{splits.folds - 1}, got {fold}")
+    return sorted(splits.fold(fold).train)
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from mpcs.data.breakhis import format_summary, scan_breakhis, summarize
     from mpcs.data.cache import quiet_pil_warnings, with_skip_hint
@@ -75,6 +88,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     overrides = list(args.set or [])
     patients = _patients_arg(args.patients)
+    if args.splits is not None:
+        if patients is not None:
+            raise ConfigError("give either --patients or --splits/--fold, not both")
+        patients = _fold_training_patients(args.data, args.splits, args.fold)
     if patients is not None:
         overrides.append(f"data.patients={patients}")
     if args.on_bad_image is not None:
@@ -228,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--config", help="a YAML file of settings")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     s.add_argument("--patients", help="restrict to these patients: id,id,... or @file")
+    s.add_argument("--splits", help="a file from `mpcs splits`: pre-train on the training "
+                   "patients of --fold only")
+    s.add_argument("--fold", type=int, help="fold index for --splits")
     s.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
     s.add_argument("--on-bad-image", choices=("error", "skip"), default=None,
                    help="an unreadable or undecodable image: stop with an error naming it "
