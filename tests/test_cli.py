@@ -139,3 +139,24 @@ def test_pretrain_on_one_folds_training_patients(tmp_path: Path) -> None:
     assert used == sorted(Splits.load(splits).fold(1).train)
     assert main(["pretrain", "--data", str(data), "--out", str(tmp_path / "r2"), "--quiet",
                  "--splits", str(splits), *sets]) == 2
+
+
+def test_embed_export_and_predict_commands(tiny_breakhis: Path, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    sets = [a for o in TINY_OVERRIDES for a in ("--set", o)]
+    assert main(["pretrain", "--data", str(tiny_breakhis), "--out", str(run), "--quiet",
+                 *sets]) == 0
+    ckpt = str(run / "checkpoints" / "last.pt")
+    feats = tmp_path / "features.csv"
+    assert main(["embed", "--checkpoint", ckpt, "--images", str(tiny_breakhis), "--out",
+                 str(feats), "--quiet"]) == 0
+    table = pd.read_csv(feats)
+    assert len(table) == 48 and {"path", "patient_id", "magnification", "f0"} <= set(table)
+    assert main(["export", "--checkpoint", ckpt, "--out", str(tmp_path / "export")]) == 0
+    assert (tmp_path / "export" / "model.safetensors").is_file()
+    capsys.readouterr()
+    # predict needs a fine-tuned checkpoint: a pre-training one is refused in one line.
+    assert main(["predict", "--checkpoint", ckpt, "--images", str(tiny_breakhis), "--out",
+                 str(tmp_path / "p.csv"), "--quiet"]) == 2
+    assert "fine-tuned checkpoint" in capsys.readouterr().err

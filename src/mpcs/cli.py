@@ -201,6 +201,47 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    from mpcs.inference import embed
+
+    df = embed(args.checkpoint, args.images, args.out, batch_size=args.batch_size,
+               skip_bad=args.skip_bad, progress=not args.quiet)
+    skipped = df.attrs.get("skipped", [])
+    print(f"wrote {len(df)} feature rows to {args.out}"
+          + (f"; skipped {len(skipped)} unreadable image(s)" if skipped else ""))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mpcs.inference import predict
+
+    df = predict(args.checkpoint, args.images, args.out, batch_size=args.batch_size,
+                 skip_bad=args.skip_bad, progress=not args.quiet)
+    patients = df.attrs.get("patients")
+    print(f"wrote {len(df)} predictions to {args.out}"
+          + (f" and {len(patients)} patient-level rows beside it"
+             if patients is not None and len(patients) else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mpcs.inference import export_encoder
+
+    path = export_encoder(args.checkpoint, args.out)
+    print(f"wrote {path} (timm state dict) and its config.json")
+    return 0
+
+
+def cmd_tsne(args: argparse.Namespace) -> int:
+    from mpcs.viz.tsne import tsne_plot
+
+    paths = tsne_plot(args.checkpoint, args.data, args.out, features=args.features,
+                      perplexity=args.perplexity, seed=args.seed, skip_bad=args.skip_bad,
+                      progress=not args.quiet)
+    print(f"wrote {len(paths)} picture(s) to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mpcs", description="Magnification Prior Contrastive Similarity (WACV 2023): "
@@ -304,6 +345,37 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("report", help="results.csv and report.md of an experiment folder")
     s.add_argument("dir")
     s.set_defaults(func=cmd_report)
+
+    for name, func, what, default_out in (
+            ("embed", cmd_embed, "features of images (one row per image)", "features.csv"),
+            ("predict", cmd_predict, "class probabilities from a fine-tuned checkpoint",
+             "predictions.csv")):
+        s = sub.add_parser(name, help=what)
+        s.add_argument("--checkpoint", required=True)
+        s.add_argument("--images", required=True, nargs="+", help="image files or folders")
+        s.add_argument("--out", default=default_out,
+                       help=f"output file (default {default_out}; .parquet needs pyarrow)")
+        s.add_argument("--batch-size", type=int, default=64)
+        s.add_argument("--skip-bad", action="store_true",
+                       help="leave unreadable images out with a warning instead of stopping")
+        s.add_argument("--quiet", action="store_true")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("export", help="the encoder as a timm safetensors state dict + JSON")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("tsne", help="t-SNE pictures of features, per magnification and all")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", required=True, help="a BreakHis-layout folder or image folder")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--features", choices=["backbone", "projection"], default="backbone")
+    s.add_argument("--perplexity", type=float, default=30.0)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--skip-bad", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_tsne)
 
     s = sub.add_parser("presets", help="list the shipped presets")
     s.set_defaults(func=cmd_presets)

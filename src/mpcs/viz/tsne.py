@@ -104,8 +104,7 @@ def tsne_plot(checkpoint: str | os.PathLike[str],
         raise ConfigError(f"perplexity must be > 0, got {perplexity}")
     _require_matplotlib()
     loaded = load_model(checkpoint)
-    if features == "projection" and loaded.head is None or (
-            features == "projection" and loaded.kind != "mpcs-pretrain"):
+    if features == "projection" and (loaded.kind != "mpcs-pretrain" or loaded.head is None):
         raise ConfigError(f"{checkpoint}: projection features need a pre-training checkpoint "
                           "(a fine-tuned model has no projection head); use features=backbone")
     files = list_images(data_dir_or_images, skip_bad=skip_bad)
