@@ -110,9 +110,9 @@ def run_config(encoder: str, size: int, batch: int, iters: int, warmup: int,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iters18", type=int, default=4, help="timed steps, ResNet-18@112")
-    ap.add_argument("--warmup18", type=int, default=2)
+    ap.add_argument("--warmup18", type=int, default=1)
     ap.add_argument("--batch18", type=int, default=64)
-    ap.add_argument("--iters50", type=int, default=3, help="timed steps, ResNet-50@224")
+    ap.add_argument("--iters50", type=int, default=2, help="timed steps, ResNet-50@224")
     ap.add_argument("--warmup50", type=int, default=1)
     ap.add_argument("--batch50", type=int, default=16)
     ap.add_argument("--samples", type=int, default=256,

@@ -49,7 +49,7 @@ def main() -> None:
     header("P3 NT-Xent forward+backward")
     gen = torch.Generator().manual_seed(0)
     z1 = torch.randn(args.n, args.d, generator=gen)
-    z2 = z1 + 0.5 * torch.randn(args.n, args.d, generator=gen)  # correlated positives
+    z2 = 0.3 * z1 + torch.randn(args.n, args.d, generator=gen)  # weakly correlated positives
     ratios = []
     for tau in (0.1, 0.01):
         ours = NTXentLoss(temperature=tau)

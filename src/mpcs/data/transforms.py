@@ -146,19 +146,15 @@ def _rgb_to_hsv(x: Tensor) -> Tensor:
 
 
 def _hsv_to_rgb(x: Tensor) -> Tensor:
+    """Branch-free HSV -> RGB: channel n in (5, 3, 1) is v - v s clamp(min(k, 4 - k), 0, 1)
+    with k = (n + 6 h) mod 6 (the same values as torchvision's masked version, a few
+    element-wise operations instead of a 6-way stack)."""
     h, s, v = x.unbind(1)
-    i = torch.floor(h * 6.0)
-    f = h * 6.0 - i
-    i = i.to(torch.int32) % 6
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    mask = i.unsqueeze(1) == torch.arange(6, device=i.device).view(-1, 1, 1)
-    a1 = torch.stack((v, q, p, p, t, v), dim=1)
-    a2 = torch.stack((t, v, v, q, p, p), dim=1)
-    a3 = torch.stack((p, p, t, v, v, q), dim=1)
-    a4 = torch.stack((a1, a2, a3), dim=1)
-    return torch.einsum("...ijk, ...xijk -> ...xjk", mask.to(x.dtype), a4)
+    out = []
+    for n in (5.0, 3.0, 1.0):
+        k = torch.remainder(n + 6.0 * h, 6.0)
+        out.append(v - v * s * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0))
+    return torch.stack(out, dim=1)
 
 
 def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
