@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,8 +34,6 @@ from mpcs.evaluation.linear_probe import extract_features, fit_linear_probe
 from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
 from mpcs.models.encoders import Encoder, create_encoder
 from mpcs.models.lite_weights import lite_weights_available
-
-log = logging.getLogger(__name__)
 
 # 40 patients (20 benign, 20 malignant) with 4 to 12 samples each (4 images per sample).
 DEMO_DATA = SynthConfig(patients=40, samples_per_patient=8, sample_spread=0.5)
