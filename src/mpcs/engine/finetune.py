@@ -1,7 +1,8 @@
-"""Fine-tuning and linear evaluation of a (pre-trained) encoder for benign/malignant.
+"""Fine-tuning and linear evaluation of a (pre-trained) encoder for image classification.
 
-Model: encoder f -> dropout (p = 0.3, as the paper) -> Linear(num_features, 2), classes
-``["benign", "malignant"]``.
+Model: encoder f -> dropout (p = 0.3, as the paper) -> Linear(num_features, C). The classes
+default to ``["benign", "malignant"]`` (BreakHis); ``class_names=`` gives any other set (BACH's
+four classes), in logit order.
 
 * :func:`finetune` trains every weight (paper, sec. 4.3.2: Adam, lr 2e-5, batch 32, 224x224,
   random crop, flip, affine, rotation, colour jitter) with augmentation parameters drawn per
@@ -22,7 +23,10 @@ One run lives in one folder ``out_dir``:
 * ``config.yaml`` and ``run.json``: the resolved configuration, init, parts, versions;
 * ``metrics.jsonl``: one line per epoch (train loss, val loss, val ILA, val PLA, lr, seconds);
 * ``best.pt``: the selected model and everything inference needs (:func:`load_finetuned`);
-* ``test_predictions.csv``: one row per test image (probability of malignant, prediction);
+* ``test_predictions.csv``: one row per test image (probability of malignant, prediction;
+  with other classes than benign/malignant, the probability of the last class and one
+  ``prob_<class>`` column per class); ``val_predictions.csv``: the same for the validation
+  part, from the selected epoch;
 * ``test_metrics.json``: test ILA and PLA (overall and per magnification), selected epoch.
 
 Example:
@@ -199,9 +203,18 @@ def init_encoder(init: str | os.PathLike[str], cfg: Mapping[str, Any]
     return _set_channels_last(enc, channels_last), info
 
 
-def build_classifier(encoder: Encoder, cfg: Mapping[str, Any]) -> Classifier:
-    return Classifier(encoder, CLASS_NAMES, dropout=cfg["model"]["dropout"],
+def build_classifier(encoder: Encoder, cfg: Mapping[str, Any],
+                     class_names: Sequence[str] = CLASS_NAMES) -> Classifier:
+    return Classifier(encoder, class_names, dropout=cfg["model"]["dropout"],
                       input_size=cfg["data"]["input_size"])
+
+
+def _class_names(class_names: Sequence[str] | None) -> tuple[str, ...]:
+    names = tuple(str(c) for c in (class_names if class_names is not None else CLASS_NAMES))
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise ConfigError(f"class_names must list at least two distinct classes, got "
+                          f"{list(names)}")
+    return names
 
 
 # --------------------------------------------------------------------------- data parts
@@ -263,9 +276,10 @@ class Part:
         return len(self.table)
 
 
-def _make_part(name: str, df: pd.DataFrame) -> Part:
+def _make_part(name: str, df: pd.DataFrame,
+               class_names: Sequence[str] = CLASS_NAMES) -> Part:
     table = df.reset_index(drop=True).copy()
-    index = {c: i for i, c in enumerate(CLASS_NAMES)}
+    index = {c: i for i, c in enumerate(class_names)}
     labels = np.array(table["label"].astype(str).map(index), dtype=np.int64)
     return Part(name, table, labels)
 
@@ -419,18 +433,20 @@ def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 
 def _prepare(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
-             test: pd.DataFrame, out_dir: str | Path, init: str | os.PathLike[str], mode: str
+             test: pd.DataFrame, out_dir: str | Path, init: str | os.PathLike[str], mode: str,
+             class_names: Sequence[str] = CLASS_NAMES
              ) -> tuple[Path, torch.device, list[Part], Encoder, dict[str, Any]]:
     if cfg.get("kind") != "finetune":
         raise ConfigError("fine-tuning needs a fine-tuning configuration "
                           "(resolve(..., kind='finetune'), e.g. preset finetune-paper)")
     validate_finetune(cfg)
-    check_parts(train, val, test)
+    check_parts(train, val, test, class_names)
     t = cfg["train"]
     device = select_device(t["device"])
     if t["threads"]:
         torch.set_num_threads(t["threads"])
-    parts = [_make_part(n, df) for n, df in zip(PART_NAMES, (train, val, test), strict=True)]
+    parts = [_make_part(n, df, class_names)
+             for n, df in zip(PART_NAMES, (train, val, test), strict=True)]
     encoder, info = init_encoder(init, cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -439,7 +455,7 @@ def _prepare(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
                               **{k: v for k, v in info.items() if k != "identity"},
                               "parts": summary})
     (out / "metrics.jsonl").write_text("")
-    for name in ("test_predictions.csv", "test_metrics.json"):
+    for name in ("test_predictions.csv", "val_predictions.csv", "test_metrics.json"):
         (out / name).unlink(missing_ok=True)
     log.info("%s: %s", mode, ", ".join(f"{p.name} {len(p)} images / "
                                        f"{summary[p.name]['patients']} patients" for p in parts))
@@ -491,22 +507,41 @@ def _checkpoint(model: Classifier, cfg: Mapping[str, Any], info: Mapping[str, An
     }
 
 
-def _finish(out: Path, mode: str, test: Part, ev: Evaluation, best_epoch: int,
-            best_val: Evaluation, epochs_run: int, stopped_early: bool) -> dict[str, Any]:
-    """Write ``test_predictions.csv`` and ``test_metrics.json``; return the run's summary."""
-    table = test.table
+def predictions_frame(part: Part, ev: Evaluation, class_names: Sequence[str]) -> pd.DataFrame:
+    """One row per image of ``part``: path, patient, magnification, label, probability of
+    the positive class (malignant, else the last class), prediction; with other classes
+    than benign/malignant also ``prob_<class>`` per class."""
+    table = part.table
     mags = (table["magnification"].astype(str) if "magnification" in table.columns
             else pd.Series([""] * len(table)))
-    malignant = CLASS_NAMES.index("malignant")
+    positive = (list(class_names).index("malignant") if "malignant" in class_names
+                else len(class_names) - 1)
     frame = pd.DataFrame({
         "path": table["path"].astype(str),
         "patient_id": table["patient_id"].astype(str),
         "magnification": mags,
         "label": table["label"].astype(str),
-        "probability": ev.probabilities[:, malignant].astype(np.float64),
-        "prediction": [CLASS_NAMES[i] for i in ev.predictions],
+        "probability": ev.probabilities[:, positive].astype(np.float64),
+        "prediction": [class_names[i] for i in ev.predictions],
     })
+    if tuple(class_names) != CLASS_NAMES:
+        for i, name in enumerate(class_names):
+            frame[f"prob_{name}"] = ev.probabilities[:, i].astype(np.float64)
+    return frame
+
+
+def _finish(out: Path, mode: str, test: Part, ev: Evaluation, best_epoch: int,
+            best_val: Evaluation, epochs_run: int, stopped_early: bool,
+            val: Part | None = None, class_names: Sequence[str] = CLASS_NAMES
+            ) -> dict[str, Any]:
+    """Write ``test_predictions.csv``, ``val_predictions.csv`` (selected epoch) and
+    ``test_metrics.json``; return the run's summary."""
+    table = test.table
+    frame = predictions_frame(test, ev, class_names)
     atomic_write_text(out / "test_predictions.csv", frame.to_csv(index=False))
+    if val is not None:
+        atomic_write_text(out / "val_predictions.csv",
+                          predictions_frame(val, best_val, class_names).to_csv(index=False))
     per_mag = {}
     if "magnification" in table.columns:
         for mag, idx in frame.groupby("magnification", sort=False).groups.items():
@@ -557,7 +592,8 @@ def _finish(out: Path, mode: str, test: Part, ev: Evaluation, best_epoch: int,
 
 def finetune(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
              test: pd.DataFrame, out_dir: str | Path, init: str | os.PathLike[str],
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, class_names: Sequence[str] | None = None
+             ) -> dict[str, Any]:
     """Fine-tune encoder + dropout + linear head on ``train``; select on ``val``; test once.
 
     Args:
@@ -567,6 +603,8 @@ def finetune(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
         out_dir: run folder (see the module docstring for its files).
         init: ``"imagenet"``, ``"none"`` or a checkpoint path (see :func:`init_encoder`).
         progress: show tqdm progress bars.
+        class_names: the classes (``label`` values) in logit order; default benign,
+            malignant.
 
     Returns:
         Selected epoch, val and test ILA/PLA, test counts and the paths of the outputs.
@@ -575,13 +613,15 @@ def finetune(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
         ConfigError: an empty part or an invalid configuration. DataError: patient leakage.
     """
     mode = "finetune"
-    out, device, parts, encoder, info = _prepare(cfg, train, val, test, out_dir, init, mode)
+    names = _class_names(class_names)
+    out, device, parts, encoder, info = _prepare(cfg, train, val, test, out_dir, init, mode,
+                                                 names)
     train_p, val_p, test_p = parts
     t, size = cfg["train"], cfg["data"]["input_size"]
     for p in parts:
         p.inputs = _load_pixels(p, cfg, progress)
     np_rng, gen = _seed_everything(int(cfg["seed"]))
-    model = build_classifier(encoder, cfg).to(device)
+    model = build_classifier(encoder, cfg, names).to(device)
     mean, std = encoder.mean, encoder.std
     aug = FinetuneAugment(cfg["augment"], size, mean, std)
     optimizer = build_optimizer(model, cfg["optim"])
@@ -641,7 +681,8 @@ def finetune(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
     stopped_early = epochs_run < t["epochs"]
     model.load_state_dict(best_state)
     test_ev = evaluate(model, test_p, **eval_kw)
-    return _finish(out, mode, test_p, test_ev, best_epoch, best, epochs_run, stopped_early)
+    return _finish(out, mode, test_p, test_ev, best_epoch, best, epochs_run, stopped_early,
+                   val_p, names)
 
 
 # --------------------------------------------------------------------------- linear evaluation
@@ -680,7 +721,8 @@ def _features(encoder: Encoder, part: Part, cfg: Mapping[str, Any], info: Mappin
 
 def linear_eval(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
                 test: pd.DataFrame, out_dir: str | Path, init: str | os.PathLike[str],
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, class_names: Sequence[str] | None = None
+                ) -> dict[str, Any]:
     """Linear evaluation: frozen encoder in eval mode, dropout + linear head trained with Adam
     (``linear.*`` settings) on cached features; select on ``val``; test once.
 
@@ -688,7 +730,9 @@ def linear_eval(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
     classifier (the unchanged encoder and the selected head).
     """
     mode = "linear"
-    out, device, parts, encoder, info = _prepare(cfg, train, val, test, out_dir, init, mode)
+    names = _class_names(class_names)
+    out, device, parts, encoder, info = _prepare(cfg, train, val, test, out_dir, init, mode,
+                                                 names)
     train_p, val_p, test_p = parts
     lin, t = cfg["linear"], cfg["train"]
     encoder = encoder.to(device).eval()
@@ -696,7 +740,7 @@ def linear_eval(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
     for p in (train_p, val_p):
         p.inputs = _features(encoder, p, cfg, info, out, device, progress)
     np_rng, _ = _seed_everything(int(cfg["seed"]))
-    model = build_classifier(encoder, cfg).to(device)
+    model = build_classifier(encoder, cfg, names).to(device)
     model.encoder.eval()
     head = model.head
     optimizer = build_optimizer(model, {"name": "adam", "lr": lin["lr"],
@@ -739,7 +783,7 @@ def linear_eval(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
     test_p.inputs = _features(encoder, test_p, cfg, info, out, device, progress)
     test_ev = evaluate(head, test_p, **eval_kw)
     return _finish(out, mode, test_p, test_ev, best_epoch, best, epochs_run,
-                   epochs_run < lin["epochs"])
+                   epochs_run < lin["epochs"], val_p, names)
 
 
 # --------------------------------------------------------------------------- loading

@@ -153,6 +153,10 @@ def _record_failure(out: Path, record: Mapping[str, Any]) -> None:
 def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                    resume: bool = False, progress: bool = True) -> pd.DataFrame:
     """Run the grid; returns one row per cell that has test metrics."""
+    if cfg["dataset"] != "breakhis":  # BACH / BCC: patch-based transfer grid
+        from mpcs.evaluation.transfer import run_transfer
+
+        return run_transfer(cfg, data, out, resume=resume, progress=progress)
     out, data = Path(out), Path(data)
     if out.exists() and any(out.iterdir()) and not resume:
         raise ConfigError(f"{out} already holds an experiment; add --resume to continue it or "

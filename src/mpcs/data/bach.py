@@ -1,0 +1,95 @@
+"""Reader for BACH (ICIAR 2018 Grand Challenge on BreAst Cancer Histology) microscopy photos.
+
+Official layout (the training part of the challenge archive)::
+
+    ICIAR2018_BACH_Challenge/Photos/
+        Normal/n001.tif ...      Benign/b001.tif ...
+        InSitu/is001.tif ...     Invasive/iv001.tif ...
+        microscopy_ground_truth.csv          (optional: "b001.tif,Benign" per line)
+
+100 RGB TIFF photos of 2048x1536 pixels per class, four classes. The label of a photo is the
+folder it is in; where ``microscopy_ground_truth.csv`` is present it must agree (a photo it
+lists in another class, or does not list, is an error naming the photo).
+
+Example:
+    >>> images = scan_bach("/data/ICIAR2018_BACH_Challenge")      # doctest: +SKIP
+    >>> images["label"].value_counts().to_dict()                    # doctest: +SKIP
+    {'Benign': 100, 'InSitu': 100, 'Invasive': 100, 'Normal': 100}
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from mpcs.data.images import is_stray_file
+from mpcs.data.patches import image_manifest
+from mpcs.errors import DataError
+
+#: The four classes, in the logit order of a BACH classifier.
+BACH_CLASSES: tuple[str, ...] = ("Normal", "Benign", "InSitu", "Invasive")
+GROUND_TRUTH = "microscopy_ground_truth.csv"
+BACH_IMAGE_SIZE = (2048, 1536)
+
+
+def find_photos(root: str | os.PathLike[str]) -> Path:
+    """The ``Photos`` folder: ``root`` itself, ``root/Photos`` or
+    ``root/ICIAR2018_BACH_Challenge/Photos`` (the first that holds the class folders)."""
+    root = Path(root)
+    for cand in (root, root / "Photos", root / "ICIAR2018_BACH_Challenge" / "Photos"):
+        if cand.is_dir() and any((cand / c).is_dir() for c in BACH_CLASSES):
+            return cand
+    raise DataError(f"{root}: no BACH photos found (expected Photos/{{{','.join(BACH_CLASSES)}}}"
+                    "/*.tif, as in ICIAR2018_BACH_Challenge)")
+
+
+def read_ground_truth(path: Path) -> dict[str, str]:
+    """``{file name: class}`` of ``microscopy_ground_truth.csv`` (no header line)."""
+    table: dict[str, str] = {}
+    with open(path, newline="") as f:
+        for i, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip():
+                continue
+            if len(row) < 2:
+                raise DataError(f"{path}: line {i}: expected 'file.tif,Class', got {row!r}")
+            name, label = row[0].strip(), row[1].strip()
+            if label not in BACH_CLASSES:
+                raise DataError(f"{path}: line {i}: unknown class {label!r} (expected one of "
+                                f"{', '.join(BACH_CLASSES)})")
+            table[name] = label
+    return table
+
+
+def scan_bach(root: str | os.PathLike[str]) -> pd.DataFrame:
+    """Image table of a BACH ``Photos`` folder (see :func:`mpcs.data.patches.image_manifest`
+    for the columns); ``image_id`` is ``<Class>/<file>``.
+
+    Raises:
+        DataError: no class folder, no photo, or a disagreement with the ground-truth CSV.
+    """
+    photos = find_photos(root)
+    paths, labels = [], []
+    for label in BACH_CLASSES:
+        folder = photos / label
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() in (".tif", ".tiff") and not is_stray_file(p.name):
+                paths.append(p)
+                labels.append(label)
+    if not paths:
+        raise DataError(f"{photos}: the class folders hold no .tif photo")
+    truth_file = photos / GROUND_TRUTH
+    if truth_file.is_file():
+        truth = read_ground_truth(truth_file)
+        for p, label in zip(paths, labels, strict=True):
+            if p.name not in truth:
+                raise DataError(f"{p}: not listed in {truth_file}")
+            if truth[p.name] != label:
+                raise DataError(f"{p}: in folder {label} but {truth_file} says {truth[p.name]}")
+    frame = image_manifest(paths, labels, photos)
+    frame.attrs["dataset"] = "bach"
+    return frame

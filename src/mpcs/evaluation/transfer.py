@@ -1,0 +1,547 @@
+"""Transfer experiments on BACH (Exp-9..12) and UCSB BCC (Exp-13..15), and their report.
+
+``mpcs experiment`` with ``dataset: bach`` or ``dataset: bcc`` runs this grid:
+
+1. scan the data set (:func:`mpcs.data.bach.scan_bach`, :func:`mpcs.data.bcc.scan_bcc`) and
+   make (or reload) ``OUT/splits.json``: ``folds``-fold cross-validation stratified by class
+   at IMAGE level (neither set has patient ids), a validation part of
+   ``transfer.val_fraction`` of each fold's non-test images, and nested, seeded label
+   fractions of the training images (BACH: 5, 10, 20, 40, 60, 80, 100 %);
+2. cut every image once into patches (``transfer.patch_size``, ``transfer.patch_stride``;
+   optional Reinhard / Macenko stain normalisation fitted on ``transfer.stain_reference``),
+   cached as PNG files (:mod:`mpcs.data.patches`);
+3. for every fold x initialisation x mode x label fraction, fine-tune or linear-evaluate on
+   the training images' patches (:mod:`mpcs.engine.finetune`, selection on the validation
+   patches, one test pass), then vote per image (:func:`mpcs.data.patches.majority_vote`),
+   with optional test-time flips / rotations (``transfer.tta``), in
+   ``OUT/fold<k>/<method>/<mode>/lf<fraction>``.
+
+Initialisations: the baseline (``baseline``: ImageNet or random) and one MPCS encoder
+pre-trained on BreakHis per pair strategy in ``methods``, taken from ``transfer.pretrained``
+(checkpoint files, pre-training run folders, or a BreakHis ``mpcs experiment`` folder whose
+``fold<transfer.pretrain_fold>/pretrain-*`` runs are used) or, failing that, pre-trained here
+on ``transfer.pretrain_data`` (a BreakHis folder) with ``pretrain_preset``.
+
+Each finished cell holds ``cell.json`` (written last); ``--resume`` skips those. A failed cell
+goes to ``OUT/failures.jsonl`` and the others go on.
+
+``mpcs report OUT`` (:func:`write_transfer_report`) recomputes every metric from the saved
+patch and image predictions and writes ``results.csv`` and ``report.md`` with tables in the
+layout of the paper's Table 7 (image- and patch-wise accuracy, validation and test), Table 8
+(F1 and accuracy over label fractions) and Table 9 (accuracy, precision, recall of
+fine-tuning and linear evaluation).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import precision_recall_fscore_support
+
+from mpcs.config import resolve
+from mpcs.data.bach import BACH_CLASSES, scan_bach
+from mpcs.data.bcc import BCC_CLASSES, scan_bcc
+from mpcs.data.cache import default_cache_dir, load_images
+from mpcs.data.patches import PatchSpec, extract_patches, majority_vote
+from mpcs.data.splits import Splits, check_splits, make_splits
+from mpcs.data.stain import build_normaliser
+from mpcs.engine.checkpoint import load_checkpoint
+from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
+from mpcs.engine.runinfo import atomic_write_text, write_run_info
+from mpcs.errors import ConfigError, DataError, MpcsError
+from mpcs.evaluation.stats import format_mean_std
+
+log = logging.getLogger(__name__)
+
+STRATEGY_NAMES = {"fixed": "MPCS-FP", "ordered": "MPCS-OP", "random": "MPCS-RP",
+                  "fp": "MPCS-FP", "op": "MPCS-OP", "rp": "MPCS-RP"}
+BASELINE_NAMES = {"imagenet": "ImageNet", "none": "Random init"}
+MARKER = "transfer.json"
+LEVELS = ("patch", "image")
+METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+@dataclass(frozen=True)
+class TransferDataset:
+    """A patch-based transfer data set: its reader, classes and positive class (binary)."""
+
+    name: str
+    scan: Callable[[str | Path], pd.DataFrame]
+    classes: tuple[str, ...]
+    positive: str | None  # binary precision/recall of this class; None: macro averages
+
+
+DATASETS: dict[str, TransferDataset] = {
+    "bach": TransferDataset("bach", scan_bach, BACH_CLASSES, None),
+    "bcc": TransferDataset("bcc", scan_bcc, BCC_CLASSES, "malignant"),
+}
+
+#: The paper's test numbers (ResNet-50): Table 7 (BACH, 100 % labels, image- and patch-wise
+#: accuracy) and Table 9 (BCC, image-wise accuracy, fine-tuned and linear).
+PAPER = {
+    ("bach", "finetune"): {"ImageNet": (90.50, 80.00), "MPCS-FP": (90.55, 82.79),
+                           "MPCS-OP": (91.85, 83.13), "MPCS-RP": (91.00, 82.90)},
+    ("bcc", "finetune"): {"MPCS-FP": (98.14, None), "MPCS-OP": (98.18, None),
+                          "MPCS-RP": (98.10, None)},
+    ("bcc", "linear"): {"MPCS-FP": (96.29, None), "MPCS-OP": (96.36, None),
+                        "MPCS-RP": (96.22, None)},
+}
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def validate_transfer(cfg: Mapping[str, Any]) -> None:
+    """Value checks of an experiment's ``transfer`` settings (types are checked already)."""
+    t = cfg["transfer"]
+
+    def require(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    require(cfg["dataset"] in DATASETS, f"dataset must be one of breakhis, "
+            f"{', '.join(DATASETS)}, got {cfg['dataset']!r}")
+    require(t["patch_size"] >= 8, f"transfer.patch_size must be >= 8, got {t['patch_size']}")
+    require(t["patch_stride"] >= 0,
+            f"transfer.patch_stride must be >= 0 (0 = patch size), got {t['patch_stride']}")
+    require(t["stain_norm"] == "none" or bool(t["stain_reference"]),
+            f"transfer.stain_norm={t['stain_norm']} needs transfer.stain_reference (the path "
+            "of a reference image)")
+    require(0 <= t["stain_min_tissue"] < 1,
+            f"transfer.stain_min_tissue must be in [0, 1), got {t['stain_min_tissue']}")
+    require(0 < t["val_fraction"] < 1,
+            f"transfer.val_fraction must be in (0, 1), got {t['val_fraction']}")
+    require(0 <= t["pretrain_fold"], f"transfer.pretrain_fold must be >= 0, got "
+            f"{t['pretrain_fold']}")
+    require(all(isinstance(p, str) and p for p in t["pretrained"]),
+            f"transfer.pretrained must be a list of paths, got {t['pretrained']!r}")
+
+
+def modes_of(cfg: Mapping[str, Any]) -> list[str]:
+    """``["finetune", "linear"]`` for ``mode: both``, else ``[mode]``."""
+    return ["finetune", "linear"] if cfg["mode"] == "both" else [cfg["mode"]]
+
+
+def cell_dir(out: Path, fold: int, method: str, mode: str, fraction: float) -> Path:
+    return out / f"fold{fold}" / method / mode / f"lf{fraction:g}"
+
+
+# --------------------------------------------------------------------------- initialisations
+
+
+def _checkpoints_of(entry: str, fold: int) -> list[Path]:
+    """Checkpoint files named by one ``transfer.pretrained`` entry."""
+    p = Path(entry).expanduser()
+    if p.is_file():
+        return [p]
+    if (p / "checkpoints" / "last.pt").is_file():
+        return [p / "checkpoints" / "last.pt"]
+    found = sorted((p / f"fold{fold}").glob("pretrain-*/checkpoints/last.pt"))
+    if found:
+        return found
+    raise ConfigError(f"transfer.pretrained: {p} is neither a checkpoint, a pre-training run "
+                      f"(checkpoints/last.pt) nor an experiment folder with fold{fold}/"
+                      "pretrain-*/checkpoints/last.pt")
+
+
+def _strategy_and_encoder(path: Path) -> tuple[str, str]:
+    state = load_checkpoint(path)
+    if state.get("kind") != "mpcs-pretrain":
+        raise ConfigError(f"transfer.pretrained: {path} is not an mpcs pre-training checkpoint "
+                          f"(kind {state.get('kind')!r})")
+    cfg = state["config"]
+    return STRATEGY_NAMES[cfg["pairs"]["strategy"]], cfg["model"]["encoder"]
+
+
+def resolve_inits(cfg: Mapping[str, Any], fcfg: Mapping[str, Any], out: Path, resume: bool,
+                  progress: bool) -> dict[str, tuple[str, str]]:
+    """``{method name: (init, encoder name)}``: the baseline, then one MPCS encoder per
+    strategy of ``methods`` (given checkpoints first, else pre-trained on BreakHis here)."""
+    t = cfg["transfer"]
+    inits = {BASELINE_NAMES[cfg["baseline"]]: (cfg["baseline"], fcfg["model"]["encoder"])}
+    given: dict[str, tuple[str, str]] = {}
+    for entry in t["pretrained"]:
+        for path in _checkpoints_of(entry, t["pretrain_fold"]):
+            name, encoder = _strategy_and_encoder(path)
+            if name in given and given[name][0] != str(path):
+                raise ConfigError(f"transfer.pretrained gives two {name} checkpoints: "
+                                  f"{given[name][0]} and {path}")
+            given[name] = (str(path), encoder)
+    for strategy in cfg["methods"]:
+        name = STRATEGY_NAMES[strategy]
+        if name in given:
+            inits[name] = given[name]
+            continue
+        if not t["pretrain_data"]:
+            raise ConfigError(f"no pre-trained {name} encoder: give its checkpoint in "
+                              "transfer.pretrained (or a BreakHis experiment folder), or a "
+                              "BreakHis folder in transfer.pretrain_data to pre-train on")
+        inits[name] = _pretrain_on_breakhis(cfg, strategy, out, resume, progress)
+    return inits
+
+
+def _pretrain_on_breakhis(cfg: Mapping[str, Any], strategy: str, out: Path, resume: bool,
+                          progress: bool) -> tuple[str, str]:
+    from mpcs.engine.pretrain import pretrain
+
+    run = out / f"pretrain-{strategy}"
+    pcfg = resolve(preset=cfg["pretrain_preset"], overrides=[
+        *cfg["pretrain_overrides"], f"pairs.strategy={strategy}", f"seed={cfg['seed']}"])
+    done = run / "done.json"
+    if not (resume and done.exists()):
+        log.info("pre-training %s on %s", STRATEGY_NAMES[strategy],
+                 cfg["transfer"]["pretrain_data"])
+        summary = pretrain(pcfg, cfg["transfer"]["pretrain_data"], run, resume=resume,
+                           progress=progress)
+        atomic_write_text(done, json.dumps(summary, indent=1))
+    return str(run / "checkpoints" / "last.pt"), pcfg["model"]["encoder"]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def classification_scores(y_true: Sequence[str], y_pred: Sequence[str],
+                          classes: Sequence[str], positive: str | None) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 of label strings.
+
+    Binary tasks (``positive`` given) score the positive class; otherwise precision, recall
+    and F1 are macro averages over ``classes``. Undefined values count as 0.
+
+    Example:
+        >>> s = classification_scores(["b", "m", "m"], ["b", "m", "b"], ["b", "m"], "m")
+        >>> round(s["accuracy"], 3), s["precision"], s["recall"]
+        (0.667, 1.0, 0.5)
+    """
+    t, p = np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str)
+    if t.shape != p.shape or t.size == 0:
+        raise ValueError(f"y_true and y_pred must be non-empty and equal in length, got "
+                         f"{t.size} and {p.size}")
+    if positive is not None:
+        pr, rc, f1, _ = precision_recall_fscore_support(
+            t, p, labels=[positive], average="binary", pos_label=positive, zero_division=0.0)
+    else:
+        pr, rc, f1, _ = precision_recall_fscore_support(
+            t, p, labels=list(classes), average="macro", zero_division=0.0)
+    return {"accuracy": float((t == p).mean()), "precision": float(pr), "recall": float(rc),
+            "f1": float(f1)}
+
+
+# --------------------------------------------------------------------------- one cell
+
+
+def _probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
+    """``[N, C]`` class probabilities of a ``*_predictions.csv`` frame."""
+    cols = [f"prob_{c}" for c in classes]
+    if all(c in preds.columns for c in cols):
+        return preds[cols].to_numpy(dtype=np.float64)
+    p = preds["probability"].to_numpy(dtype=np.float64)  # binary: P(positive = last/malignant)
+    return np.stack([1.0 - p, p], axis=1)
+
+
+def tta_views(kind: str) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+    """Test-time views of a batch ``[N, 3, H, W]``: ``none`` (identity), ``flips`` (identity,
+    horizontal, vertical, both) or ``dihedral`` (the 8 flips and 90-degree rotations)."""
+    if kind == "none":
+        return [lambda x: x]
+    if kind == "flips":
+        return [lambda x: x, lambda x: x.flip(-1), lambda x: x.flip(-2),
+                lambda x: x.flip(-1).flip(-2)]
+    if kind == "dihedral":
+        return [(lambda x, k=k, f=f: torch.rot90(x.flip(-1) if f else x, k, dims=(-2, -1)))
+                for f in (False, True) for k in range(4)]
+    raise ConfigError(f"transfer.tta must be none, flips or dihedral, got {kind!r}")
+
+
+def tta_probabilities(checkpoint: Path, paths: Sequence[str], kind: str,
+                      cache_dir: str | None, batch_size: int = 64) -> np.ndarray:
+    """Mean class probabilities ``[N, C]`` of the fine-tuned model over the test-time views."""
+    model, _ = load_finetuned(checkpoint)
+    pixels = torch.from_numpy(np.array(load_images(list(paths), model.input_size,
+                                                   cache_dir=cache_dir, progress=False)))
+    views = tta_views(kind)
+    total = sum(model.predict_proba(view(pixels).contiguous(), batch_size=batch_size)
+                for view in views)
+    return total / len(views)
+
+
+def _finish_part(cell: Path, part: str, frame: pd.DataFrame, ds: TransferDataset, tta: str,
+                 cache_dir: str | None) -> None:
+    """Write ``<part>_patches.csv`` and ``<part>_images.csv`` (majority vote) of a cell."""
+    preds = pd.read_csv(cell / f"{part}_predictions.csv")
+    preds = preds.set_index("path").loc[frame["path"].astype(str)].reset_index()
+    probs = (_probabilities(preds, ds.classes) if tta == "none"
+             else tta_probabilities(cell / "best.pt", frame["path"].tolist(), tta, cache_dir))
+    classes = list(ds.classes)
+    patches = pd.DataFrame({"path": frame["path"].to_numpy(),
+                            "image_id": frame["image_id"].to_numpy(),
+                            "label": frame["label"].to_numpy(),
+                            "prediction": [classes[i] for i in probs.argmax(axis=1)],
+                            "stain_fallback": frame["stain_fallback"].to_numpy()})
+    for i, c in enumerate(classes):
+        patches[f"prob_{c}"] = probs[:, i]
+    atomic_write_text(cell / f"{part}_patches.csv", patches.to_csv(index=False))
+    votes = majority_vote(patches["image_id"], probs, classes)
+    labels = frame.groupby("image_id", sort=False)["label"].first()
+    votes.insert(1, "label", labels.loc[votes["image_id"]].to_numpy())
+    atomic_write_text(cell / f"{part}_images.csv", votes.to_csv(index=False))
+
+
+def cell_scores(cell: Path, ds: TransferDataset) -> dict[str, float]:
+    """``<part>_<level>_<metric>`` for val/test, patch/image, the four :data:`METRICS`,
+    recomputed from a finished cell's ``*_patches.csv`` and ``*_images.csv``."""
+    scores: dict[str, float] = {}
+    for part in ("val", "test"):
+        for level, name in (("patch", "patches"), ("image", "images")):
+            table = pd.read_csv(cell / f"{part}_{name}.csv")
+            s = classification_scores(table["label"], table["prediction"], ds.classes,
+                                      ds.positive)
+            scores.update({f"{part}_{level}_{k}": v for k, v in s.items()})
+        scores[f"n_{part}_images"] = int(len(pd.read_csv(cell / f"{part}_images.csv")))
+    scores["n_test_patches"] = int(len(pd.read_csv(cell / "test_patches.csv")))
+    return scores
+
+
+# --------------------------------------------------------------------------- the grid
+
+
+def _load_or_make_splits(cfg: Mapping[str, Any], images: pd.DataFrame, out: Path) -> Splits:
+    path = out / "splits.json"
+    if path.exists():
+        splits = Splits.load(path, images)
+        if splits.folds != cfg["folds"] or splits.seed != cfg["seed"]:
+            raise ConfigError(f"{path} holds {splits.folds} folds with seed {splits.seed}; the "
+                              f"experiment asks for {cfg['folds']} folds with seed "
+                              f"{cfg['seed']}. Use another --out.")
+        missing = sorted(set(map(float, cfg["label_fractions"])) - set(splits.label_fractions))
+        if missing:
+            raise ConfigError(f"{path} has no label fraction(s) {missing}; use another --out")
+        return splits
+    splits = make_splits(images, folds=cfg["folds"], seed=cfg["seed"],
+                         label_fractions=cfg["label_fractions"],
+                         val_fraction_of_rest=cfg["transfer"]["val_fraction"], stratify="label",
+                         fraction_by_magnification=False)
+    splits.save(path)
+    return splits
+
+
+def _patch_table(cfg: Mapping[str, Any], fcfg: Mapping[str, Any], images: pd.DataFrame,
+                 out: Path, progress: bool) -> pd.DataFrame:
+    t = cfg["transfer"]
+    spec = PatchSpec(t["patch_size"], t["patch_stride"] or t["patch_size"])
+    normaliser = build_normaliser(t["stain_norm"], t["stain_reference"], t["stain_min_tissue"])
+    base = (fcfg["data"]["cache_dir"] or default_cache_dir()) if fcfg["data"]["use_cache"] \
+        else out / "patch-cache"
+    patches = extract_patches(images, spec, normaliser, cache_dir=base, progress=progress)
+    atomic_write_text(out / "patches.json", json.dumps({
+        "images": len(images), "patches": len(patches), "patch_size": spec.size,
+        "stride": spec.stride, "stain_norm": t["stain_norm"],
+        "stain_reference": t["stain_reference"],
+        "stain_fallbacks": int(patches.attrs.get("stain_fallbacks", 0)),
+        "cache": patches.attrs.get("cache")}, indent=1))
+    return patches
+
+
+def _part_patches(patches: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    return patches[patches["image_id"].isin(set(rows["image_id"]))].reset_index(drop=True)
+
+
+def _record_failure(out: Path, record: Mapping[str, Any]) -> None:
+    with open(out / "failures.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
+                 resume: bool = False, progress: bool = True) -> pd.DataFrame:
+    """Run the transfer grid (module docstring); one row per cell with its status."""
+    out, data = Path(out), Path(data)
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ConfigError(f"{out} already holds an experiment; add --resume to continue it or "
+                          "choose another --out")
+    ds = DATASETS[cfg["dataset"]]
+    out.mkdir(parents=True, exist_ok=True)
+    write_run_info(out, cfg, {"data": str(data)})
+    atomic_write_text(out / MARKER, json.dumps({"dataset": ds.name, "classes": list(ds.classes),
+                                                "positive": ds.positive}, indent=1))
+    images = ds.scan(data)
+    splits = _load_or_make_splits(cfg, images, out)
+    check_splits(splits, images)
+    fcfg = resolve(preset=cfg["finetune_preset"], kind="finetune",
+                   overrides=[*cfg["finetune_overrides"], f"seed={cfg['seed']}"])
+    patches = _patch_table(cfg, fcfg, images, out, progress)
+    inits = resolve_inits(cfg, fcfg, out, resume, progress)
+    cache = (str(fcfg["data"]["cache_dir"] or default_cache_dir())
+             if fcfg["data"]["use_cache"] else None)
+    rows = []
+    for fold in range(cfg["folds"]):
+        val = _part_patches(patches, splits.frame(images, fold, "val"))
+        test = _part_patches(patches, splits.frame(images, fold, "test"))
+        for method, (init, encoder) in inits.items():
+            for mode in modes_of(cfg):
+                for fraction in cfg["label_fractions"]:
+                    cell = cell_dir(out, fold, method, mode, fraction)
+                    key = {"fold": fold, "method": method, "mode": mode,
+                           "label_fraction": fraction}
+                    if resume and (cell / "cell.json").exists():
+                        rows.append({**key, "cell": str(cell), "status": "skipped (done)"})
+                        continue
+                    t0 = time.perf_counter()
+                    try:
+                        train = _part_patches(patches, splits.frame(images, fold, "train",
+                                                                    fraction=fraction))
+                        run = linear_eval if mode == "linear" else finetune
+                        run(fcfg, train, val, test, cell, init=init, progress=progress,
+                            class_names=ds.classes)
+                        for part, frame in (("val", val), ("test", test)):
+                            _finish_part(cell, part, frame, ds, cfg["transfer"]["tta"], cache)
+                        scores = cell_scores(cell, ds)
+                        atomic_write_text(cell / "cell.json", json.dumps(
+                            {"dataset": ds.name, "mode": mode, "encoder": encoder, "init": init,
+                             "magnification": "-", "tta": cfg["transfer"]["tta"],
+                             "n_train_images": int(train["image_id"].nunique()),
+                             "n_train_patches": len(train), **key, "scores": scores},
+                            indent=1))
+                        rows.append({**key, "cell": str(cell), "status": "done",
+                                     "seconds": time.perf_counter() - t0})
+                    except (MpcsError, RuntimeError, ValueError) as e:
+                        log.error("cell %s failed: %s", cell, e)
+                        _record_failure(out, {**key, "error": str(e),
+                                              "traceback": traceback.format_exc()})
+                        rows.append({**key, "cell": str(cell), "status": f"failed: {e}"})
+    table = pd.DataFrame(rows)
+    atomic_write_text(out / "cells.csv", table.to_csv(index=False))
+    return table
+
+
+# --------------------------------------------------------------------------- report
+
+
+RESULT_KEYS = ["dataset", "mode", "method", "encoder", "fold", "label_fraction"]
+
+
+def is_transfer_experiment(exp_dir: str | Path) -> bool:
+    return (Path(exp_dir) / MARKER).is_file()
+
+
+def collect_transfer_results(exp_dir: str | Path) -> pd.DataFrame:
+    """One row per finished cell: :data:`RESULT_KEYS`, then ``<part>_<level>_<metric>``
+    recomputed from the saved predictions, and the counts."""
+    exp_dir = Path(exp_dir)
+    rows = []
+    for meta_path in sorted(exp_dir.rglob("cell.json")):
+        meta = json.loads(meta_path.read_text())
+        ds = DATASETS.get(meta.get("dataset", ""))
+        if ds is None or not (meta_path.parent / "test_images.csv").exists():
+            continue
+        rows.append({**{k: meta[k] for k in RESULT_KEYS}, **cell_scores(meta_path.parent, ds)})
+    if not rows:
+        raise DataError(f"{exp_dir}: no finished transfer cell (cell.json with test_images.csv) "
+                        "found; run `mpcs experiment` first")
+    return pd.DataFrame(rows)
+
+
+def _ms(values: pd.Series, percent: bool) -> str:
+    if not len(values):
+        return "-"
+    if percent:
+        return format_mean_std(values.mean(), values.std(ddof=1))
+    return format_mean_std(values.mean(), values.std(ddof=1), percent=False)
+
+
+def _methods(group: pd.DataFrame) -> list[str]:
+    names = list(dict.fromkeys(group["method"]))
+    base = [n for n in BASELINE_NAMES.values() if n in names]
+    return base + sorted(n for n in names if n not in base)
+
+
+def _table7(group: pd.DataFrame, dataset: str, mode: str, encoder: str) -> list[str]:
+    fraction = group["label_fraction"].max()
+    g = group[group["label_fraction"] == fraction]
+    # the paper's numbers are ResNet-50 ones; other encoders get no reference column values
+    paper = PAPER.get((dataset, mode), {}) if encoder.startswith("resnet50") else {}
+    lines = [f"Label fraction {fraction:g}. Accuracy in %, F1 in [0, 1].", "",
+             "| method | image-wise val | image-wise test | patch-wise val | patch-wise test "
+             "| image-wise test F1 | paper (ResNet-50) image / patch test |",
+             "|---|---|---|---|---|---|---|"]
+    for method in _methods(g):
+        m = g[g["method"] == method]
+        ref = paper.get(method)
+        ref_text = ("-" if ref is None else
+                    f"{ref[0]:.2f} / {ref[1]:.2f}" if ref[1] is not None else f"{ref[0]:.2f}")
+        lines.append(f"| {method} | " + " | ".join([
+            _ms(m["val_image_accuracy"], True), _ms(m["test_image_accuracy"], True),
+            _ms(m["val_patch_accuracy"], True), _ms(m["test_patch_accuracy"], True),
+            _ms(m["test_image_f1"], False), ref_text]) + " |")
+    return lines
+
+
+def _table8(group: pd.DataFrame) -> list[str]:
+    methods = _methods(group)
+    lines = ["Test part, image-wise (majority vote). F1 in [0, 1], accuracy in %.", "",
+             "| labels from the training part | " + " | ".join(f"F1 {m}" for m in methods)
+             + " | " + " | ".join(f"accuracy {m}" for m in methods) + " |",
+             "|---|" + "---|" * (2 * len(methods))]
+    for fraction, g in group.groupby("label_fraction", sort=True):
+        f1 = [_ms(g.loc[g["method"] == m, "test_image_f1"], False) for m in methods]
+        acc = [_ms(g.loc[g["method"] == m, "test_image_accuracy"], True) for m in methods]
+        lines.append(f"| {100 * fraction:g}% | " + " | ".join(f1 + acc) + " |")
+    return lines
+
+
+def _table9(group: pd.DataFrame, positive: str | None) -> list[str]:
+    fraction = group["label_fraction"].max()
+    g = group[group["label_fraction"] == fraction]
+    modes = [m for m in ("finetune", "linear") if m in set(g["mode"])]
+    what = f"positive class {positive}" if positive else "macro averages"
+    lines = [f"Test part, image-wise (majority vote), label fraction {fraction:g}; accuracy "
+             f"in %, precision and recall in [0, 1] ({what}).", "",
+             "| method | " + " | ".join(f"{m} {k}" for m in modes
+                                        for k in ("accuracy", "precision", "recall")) + " |",
+             "|---|" + "---|" * (3 * len(modes))]
+    for method in _methods(g):
+        cells = []
+        for mode in modes:
+            m = g[(g["method"] == method) & (g["mode"] == mode)]
+            cells += [_ms(m["test_image_accuracy"], True), _ms(m["test_image_precision"], False),
+                      _ms(m["test_image_recall"], False)]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def format_transfer_report(results: pd.DataFrame, title: str = "mpcs transfer report") -> str:
+    """Markdown report: Table-7, Table-8 (several label fractions) and Table-9 layouts per
+    data set and encoder, mean±std over folds (std with ddof=1)."""
+    lines = [f"# {title}", "",
+             f"{len(results)} finished cells from {results['fold'].nunique()} fold(s); folds "
+             "are stratified by class at image level. Image-wise = majority vote over an "
+             "image's patches (ties: highest mean probability). mean±std over folds.", ""]
+    for (dataset, encoder), group in results.groupby(["dataset", "encoder"], sort=True):
+        positive = DATASETS[dataset].positive
+        for mode, g in group.groupby("mode", sort=True):
+            lines += [f"## {dataset}, {encoder}, {mode}: image- and patch-wise accuracy "
+                      "(Table 7 layout)", "", *_table7(g, dataset, mode, encoder), ""]
+            if g["label_fraction"].nunique() > 1:
+                lines += [f"## {dataset}, {encoder}, {mode}: label fractions (Table 8 layout)",
+                          "", *_table8(g), ""]
+        lines += [f"## {dataset}, {encoder}: accuracy, precision, recall (Table 9 layout)", "",
+                  *_table9(group, positive), ""]
+    return "\n".join(lines)
+
+
+def write_transfer_report(exp_dir: str | Path) -> tuple[Path, Path]:
+    """Write ``results.csv`` and ``report.md`` of a transfer experiment; returns their paths."""
+    exp_dir = Path(exp_dir)
+    results = collect_transfer_results(exp_dir)
+    csv_path, md_path = exp_dir / "results.csv", exp_dir / "report.md"
+    atomic_write_text(csv_path, results.to_csv(index=False))
+    atomic_write_text(md_path, format_transfer_report(results))
+    return csv_path, md_path
