@@ -22,6 +22,7 @@ import pandas as pd
 
 from mpcs.engine.runinfo import atomic_write_text
 from mpcs.errors import DataError
+from mpcs.evaluation.figures import finish_report
 from mpcs.evaluation.metrics import classification_metrics
 from mpcs.evaluation.paper import paper_row
 from mpcs.evaluation.stats import format_mean_std, paired_test
@@ -156,9 +157,18 @@ def format_cross_magnification(cross: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_report(exp_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``results.csv`` and ``report.md`` into ``exp_dir``; returns their paths."""
+def write_report(exp_dir: str | Path, figures: bool = True) -> tuple[Path, Path]:
+    """Write ``results.csv``, ``report.md`` and the self-contained ``report.html`` into
+    ``exp_dir``; returns the paths of the first two. With ``figures``, pictures (training
+    curves, t-SNE, Grad-CAM; :mod:`mpcs.evaluation.figures`) go to ``exp_dir/figures`` and
+    into both reports; a picture that fails is a logged warning, never a lost table."""
     exp_dir = Path(exp_dir)
+    if (exp_dir / "transfer.json").is_file():  # BACH / BCC: mpcs.evaluation.transfer
+        from mpcs.evaluation.transfer import write_transfer_report
+
+        csv_path, md_path = write_transfer_report(exp_dir)
+        finish_report(exp_dir, md_path, figures=figures)
+        return csv_path, md_path
     results = collect_results(exp_dir)
     csv_path, md_path = exp_dir / "results.csv", exp_dir / "report.md"
     atomic_write_text(csv_path, results.to_csv(index=False))
@@ -168,4 +178,5 @@ def write_report(exp_dir: str | Path) -> tuple[Path, Path]:
         atomic_write_text(exp_dir / "cross_magnification.csv", cross.to_csv(index=False))
         text += "\n" + format_cross_magnification(cross)
     atomic_write_text(md_path, text)
+    finish_report(exp_dir, md_path, figures=figures)
     return csv_path, md_path
