@@ -39,6 +39,23 @@ def time_calls(fn: Callable[[], object], iters: int, warmup: int) -> list[float]
     return times
 
 
+def time_calls_cpu(fn: Callable[[], object], iters: int, warmup: int
+                   ) -> tuple[list[float], list[float]]:
+    """Wall seconds and CPU seconds of this process for each of ``iters`` calls of ``fn``
+    after ``warmup`` untimed calls. On a machine shared with other work the CPU seconds of a
+    single-threaded ``fn`` are the steadier measure (the wall time includes waiting for a
+    core)."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = [], []
+    for _ in range(iters):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return wall, cpu
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -393,3 +393,58 @@ def test_eval_transform_is_deterministic_and_normalised() -> None:
     same = eval_transform(rand_uint8(3, 24), 24, mean=(0.0,) * 3, std=(1.0,) * 3)
     torch.testing.assert_close(same, rand_uint8(3, 24).float() / 255, atol=1e-6, rtol=0)
     torch.testing.assert_close(eval_transform(x.float() / 255, 24), a, atol=1e-6, rtol=0)
+
+
+# --------------------------------------------------------------------------- fused pipeline
+
+
+@pytest.mark.parametrize("cfg", [AugmentConfig(), GEOMETRY_ONLY,
+                                 AugmentConfig(hue=0.5, rotation_degrees=180, translate=0.4),
+                                 AugmentConfig(**NO_COLOUR, rotation_degrees=0.0,
+                                               translate=0.0)])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_fused_pipeline_equals_the_step_by_step_operations(cfg: AugmentConfig,
+                                                           dtype: torch.dtype) -> None:
+    # The batch path folds flips and quarter turns into the warp and blends in place; it
+    # must give what the documented operations give one after the other.
+    size = 20
+    x = rand_uint8(8, 24, 5)
+    x = x if dtype == torch.uint8 else x.float() / 255
+    before = x.clone()
+    p = sample_params(cfg, 8, gen(3))
+    out = UniformPairAugment(cfg, size).apply(x, p)
+    ref = x.float() / 255 if dtype == torch.uint8 else x
+    ref = adjust_brightness(ref, p.brightness)
+    ref = adjust_contrast(ref, p.contrast)
+    ref = adjust_saturation(ref, p.saturation)
+    ref = adjust_hue(ref, p.hue) if bool((p.hue != 0).any()) else ref
+    ref = rotate_translate(flip_rotate(ref, p), p.angle, p.shift)
+    ref = torch.nn.functional.interpolate(ref, size=(size, size), mode="bilinear",
+                                          antialias=True, align_corners=False)
+    ref = normalize(ref, IMAGENET_MEAN, IMAGENET_STD)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    assert torch.equal(x, before)
+
+
+def test_cpu_chunks_on_a_helper_thread_give_the_same_result() -> None:
+    # With several torch threads the CPU path runs its chunks on a one-thread helper; the
+    # result must not depend on the thread count or the chunk size.
+    import mpcs.data.transforms as T
+
+    aug = UniformPairAugment(AugmentConfig(), 16)
+    x = rand_uint8(10, 24, 9)
+    p = sample_params(AugmentConfig(), 10, gen(4))
+    whole = aug.apply(x, p)  # 1 thread (module fixture), one chunk
+    before, chunk = torch.get_num_threads(), T.CPU_CHUNK_PIXELS
+    try:
+        T.CPU_CHUNK_PIXELS = 3 * 24 * 24  # chunks of 3 views
+        torch.set_num_threads(2)
+        threaded = aug.apply(x, p)
+        torch.set_num_threads(1)
+        chunked = aug.apply(x, p)
+    finally:
+        torch.set_num_threads(before)
+        T.CPU_CHUNK_PIXELS = chunk
+    assert torch.get_num_threads() == before
+    torch.testing.assert_close(threaded, whole, atol=1e-6, rtol=0)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
