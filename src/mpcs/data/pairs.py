@@ -11,7 +11,17 @@ fixed (FP)      always (200X, 400X)                       0
 ordered (OP)    first uniform; 40→100, 100→200,            1
                 200→400, 400→200
 random (RP)     two distinct magnifications, uniform      2
+continuous      two relative magnifications (scales),     2
+                log-uniform in ``scale_range``, ratio
+                at least ``min_ratio``
 ==============  ========================================  ====
+
+Sources without BreakHis's four magnifications (synthetic zoom of single-scale images,
+whole-slide pyramids) take scales instead of indices: :meth:`PairSampler.sample_scales`
+returns relative magnifications (1 = the lowest). The discrete strategies map the
+magnifications to :data:`MAGNIFICATION_SCALES` (40X = 1, 100X = 2.5, 200X = 5, 400X = 10),
+so FP, OP and RP are the continuous sampler restricted to those four points (and to
+their rules); :func:`relative_scale` is the per-pair ratio that can be logged.
 
 Magnifications are handled as indices into :data:`MAGNIFICATIONS`.
 
@@ -34,6 +44,8 @@ from mpcs.errors import ConfigError
 MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
 # The ordered-pair lookup table (the authors' code repeated 200->400 in its last branch).
 ORDERED_NEXT = {0: 1, 1: 2, 2: 3, 3: 2}
+#: Relative magnification of each of :data:`MAGNIFICATIONS` (40X = 1).
+MAGNIFICATION_SCALES = np.array([1.0, 2.5, 5.0, 10.0])
 
 
 class PairSampler(ABC):
@@ -44,6 +56,12 @@ class PairSampler(ABC):
     @abstractmethod
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Return two int64 arrays of shape [n] with values in 0..3."""
+
+    def sample_scales(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Two float64 arrays [n] of relative magnifications (40X = 1, see
+        :data:`MAGNIFICATION_SCALES`)."""
+        first, second = self.sample(n, rng)
+        return MAGNIFICATION_SCALES[first], MAGNIFICATION_SCALES[second]
 
 
 class FixedPair(PairSampler):
@@ -72,18 +90,122 @@ class RandomPair(PairSampler):
         return first, second
 
 
+class ContinuousPair(PairSampler):
+    """Two relative magnifications drawn log-uniformly from ``scale_range``, uniform over the
+    pairs whose ratio is at least ``min_ratio`` (rejection sampling), so the two views never
+    share a magnification (the paper's guard against collapse).
+
+    Example:
+        >>> s1, s2 = ContinuousPair((1.0, 8.0), 1.5).sample_scales(5, np.random.default_rng(0))
+        >>> bool((np.maximum(s1 / s2, s2 / s1) >= 1.5).all())
+        True
+    """
+
+    name = "continuous"
+
+    def __init__(self, scale_range: tuple[float, float] = (1.0, 10.0), min_ratio: float = 1.25
+                 ) -> None:
+        lo, hi = float(scale_range[0]), float(scale_range[1])
+        if not 0 < lo < hi:
+            raise ConfigError(f"pairs.scale_range must be [min, max] with 0 < min < max, got "
+                              f"{list(scale_range)}")
+        if not min_ratio >= 1:
+            raise ConfigError(f"pairs.min_ratio must be >= 1, got {min_ratio}")
+        if hi / lo <= min_ratio:
+            raise ConfigError(f"pairs.scale_range {list(scale_range)} spans a ratio of "
+                              f"{hi / lo:.3g}, not more than pairs.min_ratio={min_ratio}: no pair "
+                              f"of distinct magnifications fits; widen the range")
+        self.scale_range, self.min_ratio = (lo, hi), float(min_ratio)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        raise ConfigError("pairs.strategy=continuous needs a source that can read any scale "
+                          "(data.source=zoom or wsi); a BreakHis folder has only the four "
+                          "magnifications 40X..400X (use fixed, ordered or random)")
+
+    def sample_scales(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        lo, hi = np.log(self.scale_range[0]), np.log(self.scale_range[1])
+        gap = np.log(self.min_ratio)
+        a, b = np.empty(n), np.empty(n)
+        todo = np.arange(n)
+        while todo.size:
+            x, y = rng.uniform(lo, hi, (2, todo.size))
+            ok = np.abs(x - y) >= gap
+            a[todo[ok]], b[todo[ok]] = x[ok], y[ok]
+            todo = todo[~ok]
+        return np.exp(a), np.exp(b)
+
+
+def relative_scale(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Per-pair magnification ratio ``second / first`` (> 1: view 2 is zoomed in)."""
+    return np.asarray(second, dtype=np.float64) / np.asarray(first, dtype=np.float64)
+
+
 _SAMPLERS: dict[str, type[PairSampler]] = {
     "fixed": FixedPair, "fp": FixedPair,
     "ordered": OrderedPair, "op": OrderedPair,
     "random": RandomPair, "rp": RandomPair,
+    "continuous": ContinuousPair,
 }
 
 
-def create_pair_sampler(name: str) -> PairSampler:
-    """Create a sampler by name: ``fixed|ordered|random`` (or ``fp|op|rp``)."""
+def create_pair_sampler(name: str, scale_range: tuple[float, float] = (1.0, 10.0),
+                        min_ratio: float = 1.25) -> PairSampler:
+    """Create a sampler by name: ``fixed|ordered|random`` (or ``fp|op|rp``) or
+    ``continuous`` (which takes ``scale_range`` and ``min_ratio``)."""
+    key = name.lower()
+    if key == "continuous":
+        return ContinuousPair(scale_range, min_ratio)
     try:
-        return _SAMPLERS[name.lower()]()
+        return _SAMPLERS[key]()
     except KeyError:
         raise ConfigError(
             f"unknown pair strategy {name!r}; choose one of fixed, ordered, random "
-            "(or fp, op, rp)") from None
+            "(or fp, op, rp), continuous") from None
+
+
+class SameImagePair:
+    """SimCLR's pairs on BreakHis: one magnification per sample (uniform), used for BOTH
+    views, so the two views differ only by their own augmentations."""
+
+    name = "same-image"
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        first = rng.integers(0, 4, n, dtype=np.int64)
+        return first, first.copy()
+
+
+class ScaleViewSampler:
+    """Pairs for sources read at any scale (zoom, whole slides): two float arrays
+    ``[n, 3]`` of ``(relative magnification, u, v)``; ``(u, v)`` in [0, 1) is the common
+    centre as a fraction of the range where the wider view fits, the same in both rows.
+
+    Everything is drawn from the run's generator (checkpointed), so a resumed run draws the
+    same views; the arrays slice along the pair axis like index arrays (per-rank shards).
+
+    Args:
+        base: the scale sampler (:class:`ContinuousPair` or a discrete one, which gives
+            the scales of :data:`MAGNIFICATION_SCALES`).
+        same_image: both views at the first view's scale (SimCLR).
+    """
+
+    def __init__(self, base: PairSampler, same_image: bool = False) -> None:
+        self.base, self.same_image = base, same_image
+        self.name = f"{base.name}-scales" + ("-same-image" if same_image else "")
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        s1, s2 = self.base.sample_scales(n, rng)
+        if self.same_image:
+            s2 = s1.copy()
+        uv = rng.uniform(0.0, 1.0, (n, 2))
+        return np.column_stack([s1, uv]), np.column_stack([s2, uv])
+
+
+def scales_of(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relative magnifications of a step's pairs, whatever the sampler: BreakHis indices are
+    mapped through :data:`MAGNIFICATION_SCALES`; ``[n, 3]`` view specs give column 0."""
+    def one(x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim == 2:
+            return x[:, 0].astype(np.float64)
+        return MAGNIFICATION_SCALES[x.astype(np.int64)]
+    return one(first), one(second)

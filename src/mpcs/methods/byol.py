@@ -1,0 +1,74 @@
+"""BYOL (Grill et al., NeurIPS 2020) on magnification pairs.
+
+Online network: encoder -> projector (``head``) -> predictor. Target network: an exponential
+moving average of encoder and projector, updated after every optimiser step with momentum
+``tau_k = 1 - (1 - tau_0) (cos(pi k / K) + 1) / 2`` rising from ``ssl.momentum`` to 1 over
+the K steps of the run. The loss regresses the target projection of one magnification from
+the online prediction of the other (:class:`mpcs.losses.BYOLLoss`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+
+from mpcs.losses import BYOLLoss
+from mpcs.methods.base import PairMethod
+from mpcs.models.encoders import Encoder
+from mpcs.models.heads import ProjectionHead
+
+
+def cosine_momentum(step: int, total_steps: int, base: float) -> float:
+    """BYOL's schedule: ``1 - (1 - base) (cos(pi step / total) + 1) / 2``."""
+    frac = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    return 1 - (1 - base) * (math.cos(math.pi * frac) + 1) / 2
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """``target <- momentum * target + (1 - momentum) * online`` (parameters); buffers
+    (BatchNorm statistics) are copied."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
+    for t, o in zip(target.buffers(), online.buffers(), strict=True):
+        t.copy_(o)
+
+
+class BYOLMethod(PairMethod):
+    """Online encoder + projector + predictor; momentum target encoder + projector."""
+
+    name = "byol"
+
+    def __init__(self, encoder: Encoder, head: ProjectionHead, predictor: ProjectionHead,
+                 momentum: float = 0.99, channels_last: bool = False) -> None:
+        super().__init__(encoder, head, channels_last)
+        if not 0 <= momentum <= 1:
+            raise ValueError(f"BYOL momentum must be in [0, 1], got {momentum}")
+        self.predictor = predictor
+        self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
+        self.target_head = copy.deepcopy(head).requires_grad_(False)
+        self.base_momentum = float(momentum)
+        self.momentum = float(momentum)
+        self.loss_fn = BYOLLoss()
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        h1, h2 = self._encode(x1, x2)
+        p1, p2 = self.predictor(self.head(h1)), self.predictor(self.head(h2))
+        with torch.no_grad():
+            x = torch.cat([x1, x2])
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            t = self.target_encoder(x)
+            z1, z2 = self.target_head(t[:len(x1)]), self.target_head(t[len(x1):])
+        return self.loss_fn(p1, p2, z1, z2)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.momentum = cosine_momentum(step, total_steps, self.base_momentum)
+        ema_update(self.target_encoder, self.encoder, self.momentum)
+        ema_update(self.target_head, self.head, self.momentum)
+
+    def loggable(self) -> dict[str, float]:
+        return {"momentum": self.momentum}

@@ -1,0 +1,43 @@
+"""MPCS (Chhipa et al., WACV 2023): NT-Xent on magnification pairs with the uniform transform.
+
+The state dict (``encoder.*``, ``head.*``) is the same as :class:`mpcs.models.MPCSModel`'s,
+so MPCS checkpoints are unchanged by the method registry.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mpcs.losses import NTXentLoss
+from mpcs.methods.base import PairMethod
+from mpcs.models.encoders import Encoder
+from mpcs.models.heads import ProjectionHead
+
+
+class MPCSMethod(PairMethod):
+    """Encoder + projection head, NT-Xent over the 2N views of N magnification pairs.
+
+    The head sees the 2N views as one batch (its BatchNorm statistics are over both views),
+    exactly as :class:`~mpcs.models.MPCSModel` in the original training step.
+
+    Example:
+        >>> from mpcs.models import create_mpcs_model
+        >>> m = create_mpcs_model("resnet18", weights="none", head_hidden=[32], head_out=16)
+        >>> method = MPCSMethod(m.encoder, m.head, temperature=0.1)
+        >>> method(torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)).shape
+        torch.Size([])
+    """
+
+    name = "mpcs"
+
+    def __init__(self, encoder: Encoder, head: ProjectionHead, temperature: float = 0.1,
+                 channels_last: bool = False) -> None:
+        super().__init__(encoder, head, channels_last)
+        self.loss_fn = NTXentLoss(temperature=temperature)
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        h1, h2 = self._encode(x1, x2)
+        z = self.head(torch.cat([h1, h2]))
+        n = len(h1)
+        return self.loss_fn(z[:n].float(), z[n:].float())

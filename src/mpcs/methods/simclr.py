@@ -1,0 +1,68 @@
+"""SimCLR (Chen et al., ICML 2020) on single images: the baseline MPCS is measured against.
+
+Both views come from the SAME image (one magnification per sample, drawn uniformly), and each
+view gets its OWN random transformation: a random resized crop (area fraction in
+``ssl.simclr_crop_scale``, aspect ratio in [3/4, 4/3]) followed by the configured
+augmentation with an independently drawn parameter set. Encoder, head and NT-Xent are MPCS's,
+so the only difference to MPCS is where the positive pair comes from.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from mpcs.data.transforms import UniformPairAugment, sample_params, to_float
+from mpcs.data.zoom import crop_resize
+from mpcs.methods.mpcs import MPCSMethod
+from mpcs.models.encoders import Encoder
+from mpcs.models.heads import ProjectionHead
+
+
+def random_resized_boxes(n: int, height: int, width: int, scale: tuple[float, float],
+                         generator: torch.Generator,
+                         ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+    """``n`` crop boxes ``[n, 4]`` (x0, y0, x1, y1 in pixels) of area fraction in ``scale``
+    and aspect ratio in ``ratio`` (log-uniform), clipped to the image, at uniform positions."""
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=generator))
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand(
+        n, generator=generator)
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(area * aspect).clamp(1, width)
+    h = torch.sqrt(area / aspect).clamp(1, height)
+    x0 = (width - w) * torch.rand(n, generator=generator)
+    y0 = (height - h) * torch.rand(n, generator=generator)
+    return torch.stack([x0, y0, x0 + w, y0 + h], dim=1)
+
+
+class SimCLRMethod(MPCSMethod):
+    """MPCS's network and loss on two independent augmentations of the same image.
+
+    Args:
+        crop_scale: (min, max) area fraction of the random resized crop; (1, 1) disables it.
+    """
+
+    name = "simclr"
+    same_image = True
+
+    def __init__(self, encoder: Encoder, head: ProjectionHead, temperature: float = 0.1,
+                 crop_scale: tuple[float, float] = (0.35, 1.0), channels_last: bool = False
+                 ) -> None:
+        super().__init__(encoder, head, temperature, channels_last)
+        if not 0 < crop_scale[0] <= crop_scale[1] <= 1:
+            raise ValueError(f"crop_scale must satisfy 0 < min <= max <= 1, got {crop_scale}")
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+
+    def make_views(self, aug: UniformPairAugment, v1: Tensor, v2: Tensor,
+                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        out = []
+        for v in (v1, v2):
+            x = to_float(v)
+            if self.crop_scale != (1.0, 1.0):
+                boxes = random_resized_boxes(len(x), x.shape[-2], x.shape[-1], self.crop_scale,
+                                             generator)
+                x = crop_resize(x, boxes, x.shape[-1])
+            out.append(aug.apply(x, sample_params(aug.cfg, len(x), generator)))
+        return out[0], out[1]

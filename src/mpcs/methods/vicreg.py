@@ -1,0 +1,31 @@
+"""VICReg (Bardes et al., ICLR 2022) on magnification pairs: invariance between the two
+magnifications' embeddings, variance and covariance regularisation of each
+(:class:`mpcs.losses.VICRegLoss`). The expander runs on each view separately."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor
+
+from mpcs.losses import VICRegLoss
+from mpcs.methods.base import PairMethod
+from mpcs.models.encoders import Encoder
+from mpcs.models.heads import ProjectionHead
+
+
+class VICRegMethod(PairMethod):
+    """Encoder + expander, VICReg loss with weights ``(lambda, mu, nu)``."""
+
+    name = "vicreg"
+
+    def __init__(self, encoder: Encoder, head: ProjectionHead,
+                 weights: Sequence[float] = (25.0, 25.0, 1.0), channels_last: bool = False
+                 ) -> None:
+        super().__init__(encoder, head, channels_last)
+        lam, mu, nu = weights
+        self.loss_fn = VICRegLoss(lambda_inv=lam, mu_var=mu, nu_cov=nu)
+
+    def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
+        h1, h2 = self._encode(x1, x2)
+        return self.loss_fn(self.head(h1), self.head(h2))
