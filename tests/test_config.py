@@ -268,3 +268,11 @@ def test_differences_reports_missing_keys() -> None:
 def test_merge_rejects_unknown_nested_keys_with_full_path() -> None:
     with pytest.raises(ConfigError, match="'train.epochz'"):
         merge(PRETRAIN_DEFAULTS, {"train": {"epochz": 1}})
+
+
+def test_bare_off_means_off_not_false() -> None:
+    # YAML 1.1 reads `off` as false; for a setting whose choices include "off" that is "off".
+    cfg = resolve(preset="cpu-small", overrides=["train.amp=off"])
+    assert cfg["train"]["amp"] == "off"
+    with pytest.raises(ConfigError, match="train.amp"):
+        resolve(preset="cpu-small", overrides=["train.amp=on"])

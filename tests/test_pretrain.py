@@ -66,6 +66,51 @@ def test_run_folder_records_everything(tiny_breakhis: Path, tmp_path: Path) -> N
     assert not list(run.rglob("*.tmp")), "temporary files left behind"
 
 
+def test_last_every_writes_resume_point_less_often(tiny_breakhis: Path,
+                                                   tmp_path: Path) -> None:
+    # last.pt every 2 epochs (and at the end); an epoch file equal to last.pt is a hard link.
+    cfg = tiny_cfg("train.epochs=3", "train.checkpoint_every=1", "train.last_every=2")
+    run = tmp_path / "run"
+    pretrain(cfg, tiny_breakhis, run, progress=False)
+    ckpts = run / "checkpoints"
+    assert load_checkpoint(ckpts / "last.pt")["epoch"] == 3
+    assert load_checkpoint(ckpts / "epoch_0002.pt")["epoch"] == 2
+    assert load_checkpoint(ckpts / "epoch_0001.pt")["epoch"] == 1
+    assert (ckpts / "epoch_0003.pt").stat().st_ino == (ckpts / "last.pt").stat().st_ino
+    assert (ckpts / "epoch_0002.pt").stat().st_ino != (ckpts / "last.pt").stat().st_ino
+    with pytest.raises(ConfigError, match="last_every"):
+        tiny_cfg("train.last_every=0")
+
+
+def test_resume_accepts_changed_checkpoint_cadence_not_changed_training(
+        tiny_breakhis: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg("train.epochs=2", "train.checkpoint_every=1")
+    run = tmp_path / "run"
+    stopped = run / "checkpoints"
+    stopped.mkdir(parents=True)
+    pretrain(tiny_cfg("train.epochs=2", "train.checkpoint_every=1"), tiny_breakhis,
+             tmp_path / "first", progress=False)
+    shutil.copy(tmp_path / "first" / "checkpoints" / "epoch_0001.pt", stopped / "last.pt")
+    resumed = pretrain(tiny_cfg("train.epochs=2", "train.checkpoint_every=5",
+                                "train.last_every=3"), tiny_breakhis, run, resume=True,
+                       progress=False)
+    assert resumed["global_step"] == 6
+    with pytest.raises(CheckpointError, match="loss.temperature"):
+        pretrain({**cfg, "loss": {**cfg["loss"], "temperature": 0.5}}, tiny_breakhis, run,
+                 resume=True, progress=False)
+
+
+def test_torchrun_refuses_methods_other_than_mpcs(tiny_breakhis: Path, tmp_path: Path) -> None:
+    from mpcs.engine.distributed import DistContext
+    from mpcs.engine.pretrain import _pretrain
+
+    cfg = tiny_cfg("method=simclr")
+    with pytest.raises(ConfigError, match="only method=mpcs"):
+        _pretrain(cfg, tiny_breakhis, tmp_path / "run", pair_samples(tiny_breakhis),
+                  torch.device("cpu"), resume=False, progress=False,
+                  ctx=DistContext(rank=0, world_size=2, backend="gloo"))
+
+
 def test_resume_continues_exactly(tiny_breakhis: Path, tmp_path: Path) -> None:
     cfg = tiny_cfg("train.epochs=2", "train.checkpoint_every=1")
     straight = pretrain(cfg, tiny_breakhis, tmp_path / "straight", progress=False)

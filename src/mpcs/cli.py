@@ -44,6 +44,15 @@ def _fold_training_patients(data: str, splits_file: str, fold: int | None) -> li
     return sorted(splits.fold(fold).train)
 
 
+def _fold_part(data: str, splits_file: str, fold: int | None, part: str) -> list[str]:
+    """The patients of one part (train/val/test) of a fold of a splits file."""
+    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.splits import Splits
+
+    splits = Splits.load(splits_file, scan_breakhis(data))
+    return sorted(splits.fold(int(fold or 0)).part(part))
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from mpcs.data.breakhis import format_summary, scan_breakhis, summarize
     from mpcs.data.cache import quiet_pil_warnings, with_skip_hint
@@ -73,9 +82,19 @@ def cmd_synth(args: argparse.Namespace) -> int:
         write_breakhis,
     )
 
+    if args.dataset != "breakhis":
+        from mpcs.data.synth_transfer import write_bach, write_bcc
+
+        write = write_bach if args.dataset == "bach" else write_bcc
+        kw = {"image_size": parse_image_size(args.image_size)} if args.image_size else {}
+        per_class = args.images_per_class or (4 if args.dataset == "bach" else 6)
+        root = write(args.out, images_per_class=per_class, seed=args.seed,
+                     progress=not args.quiet, **kw)
+        print(f"wrote a synthetic {args.dataset} set ({per_class} images per class) to {root}")
+        return 0
     cfg = SynthConfig(patients=args.patients, samples_per_patient=args.samples_per_patient,
                       sample_spread=args.sample_spread,
-                      image_size=parse_image_size(args.image_size), seed=args.seed)
+                      image_size=parse_image_size(args.image_size or "175x115"), seed=args.seed)
     root = write_breakhis(args.out, cfg, progress=not args.quiet)
     n = 4 * sum(sample_count(cfg, p) for p in patient_specs(cfg))
     print(f"wrote {n} images of {cfg.patients} patients to {root}")
@@ -92,6 +111,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         if patients is not None:
             raise ConfigError("give either --patients or --splits/--fold, not both")
         patients = _fold_training_patients(args.data, args.splits, args.fold)
+        if not any(o.startswith("monitor.val_patients=") for o in overrides):
+            # the kNN monitor (monitor.knn_every > 0) scores the fold's validation patients
+            overrides.append(f"monitor.val_patients="
+                             f"{_fold_part(args.data, args.splits, args.fold, 'val')}")
     if patients is not None:
         overrides.append(f"data.patients={patients}")
     if args.on_bad_image is not None:
@@ -100,6 +123,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = resolve(preset=preset if not args.config else None, config_file=args.config,
                   overrides=overrides, kind="pretrain")
     summary = pretrain(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    if summary.get("rank", 0) != 0:  # torchrun: rank 0 speaks for the run
+        return 0
     print(f"pre-training finished: {summary['epochs']} epochs, {summary['global_step']} steps, "
           f"final loss {summary['final_loss']:.4f}; checkpoint {summary['checkpoint']}")
     return 0
@@ -108,7 +133,30 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from mpcs.demo import run_demo
 
-    run_demo(args.out, overrides=args.set or [], progress=not args.quiet)
+    run_demo(args.out, overrides=args.set or [], resume=args.resume,
+             figures=not args.no_figures, progress=not args.quiet)
+    return 0
+
+
+def cmd_compare_methods(args: argparse.Namespace) -> int:
+    from mpcs.evaluation.methods_compare import compare_methods, wsi_pretrain_demo
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    compare_methods(args.out, methods, epochs=args.epochs, overrides=args.set or [],
+                    progress=not args.quiet)
+    if args.wsi_epochs:
+        wsi_pretrain_demo(Path(args.out) / "wsi", epochs=args.wsi_epochs,
+                          overrides=args.set or [], progress=not args.quiet)
+    return 0
+
+
+def cmd_plot_metrics(args: argparse.Namespace) -> int:
+    from mpcs.engine.knn_monitor import plot_metrics
+
+    run = Path(args.run)
+    metrics = run / "metrics.jsonl" if run.is_dir() else run
+    out = plot_metrics(metrics, args.out or metrics.with_name("metrics.png"))
+    print(f"wrote {out}")
     return 0
 
 
@@ -196,8 +244,29 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from mpcs.evaluation.report import write_report
 
-    csv_path, md_path = write_report(args.dir)
-    print(f"wrote {csv_path} and {md_path}")
+    csv_path, md_path = write_report(args.dir, figures=not args.no_figures)
+    print(f"wrote {csv_path}, {md_path} and {md_path.with_suffix('.html')}")
+    return 0
+
+
+def cmd_gradcam(args: argparse.Namespace) -> int:
+    from mpcs.viz.gradcam import gradcam_images
+
+    paths = gradcam_images(args.checkpoint, args.images, args.out, class_mode=args.class_,
+                           labels=args.label, max_images=args.max_images,
+                           grid_images=args.grid_images, skip_bad=args.skip_bad,
+                           layer=args.layer)
+    grid = [p for p in paths if p.name == "gradcam_grid.png"]
+    print(f"wrote {len(paths) - len(grid)} Grad-CAM picture(s) to {args.out}"
+          + (f" and the comparison grid {grid[0]}" if grid else ""))
+    return 0
+
+
+def cmd_curves(args: argparse.Namespace) -> int:
+    from mpcs.viz.curves import plot_curves
+
+    paths = plot_curves(args.dir, args.out)
+    print(f"wrote {len(paths)} curve picture(s) to {args.out}")
     return 0
 
 
@@ -250,13 +319,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("demo", help="synthetic data -> MPCS-OP pre-training -> linear "
-                       "evaluation against random init (CPU, a few minutes)")
+    s = sub.add_parser("demo", help="the protocol reduced to a few CPU minutes on synthetic "
+                       "data: 5 patient-level folds, MPCS-FP/OP/RP vs random init, report")
     s.add_argument("--out", default="mpcs-demo", help="output folder (default: mpcs-demo)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a cpu-small preset value, e.g. train.epochs=5")
+                   help="override a value of the `demo` experiment preset, e.g. folds=3 or "
+                   "'pretrain_overrides=[train.epochs=20]'")
+    s.add_argument("--resume", action="store_true",
+                   help="continue an interrupted demo in --out (finished cells are kept)")
+    s.add_argument("--no-figures", action="store_true",
+                   help="tables only: no curves, t-SNE or Grad-CAM pictures in the report")
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("compare-methods", help="pre-train MPCS, SimCLR, BYOL, SimSiam, Barlow "
+                       "Twins and VICReg on the synthetic demo data; linear evaluation table")
+    s.add_argument("--out", default="mpcs-methods", help="output folder")
+    s.add_argument("--methods", default="mpcs,simclr,byol,simsiam,barlow_twins,vicreg",
+                   help="comma-separated methods (default: all)")
+    s.add_argument("--epochs", type=int, default=None, help="pre-training epochs per method "
+                   "(default: the presets' 45)")
+    s.add_argument("--wsi-epochs", type=int, default=0, help="also pre-train on a generated "
+                   "whole slide for this many epochs (needs the wsi extra)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a value of every method's preset, e.g. train.threads=1")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_compare_methods)
+
+    s = sub.add_parser("plot-metrics", help="plot a pre-training run's loss and kNN accuracy")
+    s.add_argument("run", help="run folder or its metrics.jsonl")
+    s.add_argument("--out", help="PNG to write (default: RUN/metrics.png)")
+    s.set_defaults(func=cmd_plot_metrics)
 
     s = sub.add_parser("inspect", help="summarise a BreakHis-layout data set")
     s.add_argument("--data", required=True, help="BreaKHis_v1 folder or any folder inside it "
@@ -266,14 +359,19 @@ def build_parser() -> argparse.ArgumentParser:
                    "with an error naming it (default), or skip it and list it")
     s.set_defaults(func=cmd_inspect)
 
-    s = sub.add_parser("synth", help="write a synthetic data set in the official BreakHis layout")
+    s = sub.add_parser("synth", help="write a synthetic data set in the official layout of "
+                       "BreakHis, BACH or UCSB BCC")
     s.add_argument("--out", required=True)
+    s.add_argument("--dataset", choices=("breakhis", "bach", "bcc"), default="breakhis")
+    s.add_argument("--images-per-class", type=int, default=None,
+                   help="bach / bcc: images per class (default 4 / 6)")
     s.add_argument("--patients", type=int, default=40)
     s.add_argument("--samples-per-patient", type=int, default=8,
                    help="samples (4 images each) per patient; the mean with --sample-spread")
     s.add_argument("--sample-spread", type=float, default=0.0,
                    help="vary samples per patient by up to this fraction (0 = all equal)")
-    s.add_argument("--image-size", default="175x115", help="WIDTHxHEIGHT (default 175x115)")
+    s.add_argument("--image-size", default=None, help="WIDTHxHEIGHT (default: breakhis "
+                   "175x115, bach 2048x1536, bcc 896x768)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_synth)
@@ -334,16 +432,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True)
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--preset", help="breakhis-{limited,full}-{resnet50,effnetb2} or "
-                   "experiment-cpu-small (default)")
+    g.add_argument("--preset", help="breakhis-{limited,full}-{resnet50,effnetb2}, "
+                   "bach-resnet50, bach-imagenet-resnet50, bcc-resnet50, bach-cpu-small, "
+                   "bcc-cpu-small or experiment-cpu-small (default)")
     g.add_argument("--config")
     s.add_argument("--set", action="append", metavar="KEY=VALUE")
     s.add_argument("--resume", action="store_true", help="skip finished cells")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_experiment)
 
-    s = sub.add_parser("report", help="results.csv and report.md of an experiment folder")
+    s = sub.add_parser("report", help="results.csv, report.md and a self-contained "
+                       "report.html (tables, curves, t-SNE, Grad-CAM) of an experiment folder")
     s.add_argument("dir")
+    s.add_argument("--no-figures", action="store_true",
+                   help="tables only: no pictures (curves, t-SNE, Grad-CAM)")
     s.set_defaults(func=cmd_report)
 
     for name, func, what, default_out in (
@@ -376,6 +478,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-bad", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_tsne)
+
+    s = sub.add_parser("gradcam", help="Grad-CAM overlays of fine-tuned checkpoints, one PNG "
+                       "per image, and a grid comparing two or more checkpoints (paper Fig. 5)")
+    s.add_argument("--checkpoint", required=True, action="append",
+                   help="a fine-tuned or linear-eval best.pt; repeat to compare checkpoints")
+    s.add_argument("--label", action="append",
+                   help="name of each --checkpoint in the titles, in order (default: the "
+                   "experiment method, else the initialisation)")
+    s.add_argument("--images", required=True, nargs="+", help="image files or folders")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--class", dest="class_", default="predicted", metavar="predicted|true|NAME",
+                   help="the class whose map the grid shows: each model's predicted class "
+                   "(default), the true class from the BreakHis name, or a class name such "
+                   "as malignant; per-image PNGs always show predicted and true")
+    s.add_argument("--max-images", type=int, help="only the first N images")
+    s.add_argument("--grid-images", type=int, default=8, help="rows of the grid (default 8)")
+    s.add_argument("--layer", default="auto", metavar="auto|last|NAME",
+                   help="the explained feature map: the deepest stage at least 4x4 cells at "
+                   "the model's input size (auto, default; the last stage at 224 px), the map "
+                   "the encoder pools (last; 1x1, i.e. flat, for a ResNet at 32 px), or a "
+                   "module name such as layer3; titles name a non-last layer, whose map is "
+                   "less class-specific")
+    s.add_argument("--skip-bad", action="store_true",
+                   help="leave unreadable images out with a warning instead of stopping")
+    s.set_defaults(func=cmd_gradcam)
+
+    s = sub.add_parser("curves", help="training-curve PNGs (loss, lr, val metrics per epoch) "
+                       "of a run folder or of every run of an experiment")
+    s.add_argument("dir", help="a pre-training / fine-tuning run folder or an experiment folder")
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(func=cmd_curves)
 
     s = sub.add_parser("presets", help="list the shipped presets")
     s.set_defaults(func=cmd_presets)

@@ -54,12 +54,26 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "name": "custom",
     "description": "",
     "seed": 0,
+    # Self-supervised objective (mpcs.methods): mpcs | simclr | byol | simsiam | barlow_twins
+    # | vicreg; options of the non-MPCS methods in "ssl".
+    "method": "mpcs",
     "data": {
         "input_size": 224,
         "patients": None,        # restrict pre-training to these patient ids (fold training part)
+        # Where pairs come from: breakhis (the four magnifications of a BreakHis-layout
+        # folder) | zoom (any folder of single-scale images, synthetic magnification by
+        # nested crops) | wsi (whole-slide images, read at any scale; section "wsi").
+        "source": "breakhis",
+        "zoom_base_size": 0,     # zoom: side of the decoded base image; 0 = input_size x max scale
         "cache_dir": None,       # None: $MPCS_CACHE or ~/.cache/mpcs
         "use_cache": True,
         "on_bad_image": "error",  # error | skip (skipped files: RUN/skipped_images.csv)
+        # Batch loading from the decoded-image cache (mpcs.data.loader): background threads
+        # (None = auto: 1; 0 = in the training loop), batches prepared ahead, page-locked
+        # memory for host-to-GPU copies (None = auto: on with CUDA).
+        "num_workers": None,
+        "prefetch": 2,
+        "pin_memory": None,
     },
     "model": {
         "encoder": "resnet50_dilated",
@@ -68,7 +82,29 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
         "head_out": 128,
         "channels_last": True,
     },
-    "pairs": {"strategy": "ordered"},
+    # strategy continuous: relative magnifications log-uniform in scale_range whose ratio is
+    # at least min_ratio (sources zoom and wsi); log_scales writes RUN/pair_scales.csv.
+    "pairs": {"strategy": "ordered", "scale_range": [1.0, 10.0], "min_ratio": 1.25,
+              "log_scales": False},
+    "ssl": {
+        "predictor_hidden": 512,      # byol/simsiam: hidden size of the predictor MLP
+        "momentum": 0.99,             # byol: target EMA momentum at step 0 (cosine to 1)
+        "barlow_lambda": 0.005,       # barlow_twins: off-diagonal weight
+        "vicreg_weights": [25.0, 25.0, 1.0],  # vicreg: invariance, variance, covariance
+        "simclr_crop_scale": [0.35, 1.0],     # simclr: random resized crop area fraction
+    },
+    "wsi": {
+        "mpp_at_1x": 2.0,             # µm per view pixel at relative magnification 1
+        "locations_per_slide": 64,    # tissue locations sampled per slide (the "samples")
+        "min_tissue": 0.5,            # tissue fraction of the widest field at a location
+        "assume_mpp": None,           # level-0 µm/pixel for slides without metadata
+        "mask_max_side": 1024,        # thumbnail side for the tissue mask
+    },
+    # Online kNN accuracy on held-out patients every knn_every epochs (0 = off); labels are
+    # used only by the monitor. val_patients: the query patients (e.g. a fold's val part);
+    # the training patients' images are the labelled reference bank.
+    "monitor": {"knn_every": 0, "knn_k": 20, "knn_temperature": 0.07, "val_patients": None,
+                "knn_magnification": "all"},
     "augment": {
         "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1,
         "hflip": 0.5, "vflip": 0.5, "rot90": True, "rotation_degrees": 15.0, "translate": 0.05,
@@ -86,13 +122,19 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     "schedule": {"name": "cosine", "warmup_epochs": 0, "final_lr_fraction": 0.0},
     "train": {
         "epochs": 1000,
-        "batch_size": 128,
+        "batch_size": 128,       # GLOBAL batch (pairs per step over all torchrun processes)
         "drop_last": True,
-        "checkpoint_every": 50,
+        "checkpoint_every": 50,  # epoch_XXXX.pt every k epochs (and at the last epoch)
+        "last_every": 1,         # last.pt (what --resume reads) every k epochs and at the end
         "device": "auto",        # auto | cpu | cuda | cuda:N
         "amp": "auto",           # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
         "threads": 0,            # torch CPU threads; 0 = torch's default
         "on_nonfinite": "stop",  # stop | skip (skip the step; stop anyway past 10% of an epoch)
+    },
+    # Multi-process runs (torchrun; mpcs.engine.distributed). Ignored by a single process.
+    "distributed": {
+        "sync_bn": False,        # SyncBatchNorm: BatchNorm statistics over the global batch (CUDA)
+        "backend": "auto",       # auto (nccl on CUDA, gloo on CPU) | nccl | gloo
     },
 }
 
@@ -101,17 +143,30 @@ _NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "data.patients": (list,),
     "data.cache_dir": (str,),
     "optim.lr_biases": (float, int),
+    "wsi.assume_mpp": (float, int),
+    "monitor.val_patients": (list,),
+    "data.num_workers": (int,),
+    "data.pin_memory": (bool,),
+    "transfer.pretrain_data": (str,),
+    "transfer.stain_reference": (str,),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "pairs.strategy": ("fixed", "ordered", "random", "fp", "op", "rp"),
+    "pairs.strategy": ("fixed", "ordered", "random", "fp", "op", "rp", "continuous"),
+    "method": ("mpcs", "simclr", "byol", "simsiam", "barlow_twins", "vicreg"),
+    "data.source": ("breakhis", "zoom", "wsi"),
+    "monitor.knn_magnification": ("all", "40X", "100X", "200X", "400X"),
     "optim.name": ("adam", "adamw", "sgd", "lars"),
     "schedule.name": ("cosine", "constant"),
     "train.amp": ("auto", "bf16", "fp16", "off"),
     "data.on_bad_image": ("error", "skip"),
     "train.on_nonfinite": ("stop", "skip"),
+    "distributed.backend": ("auto", "nccl", "gloo"),
     # fine-tuning keys (paths that do not exist in a pre-training configuration)
     "kind": ("finetune", "experiment"),
     "train.select_by": ("val_ila", "val_loss"),
+    "dataset": ("breakhis", "bach", "bcc"),
+    "transfer.stain_norm": ("none", "reinhard", "macenko"),
+    "transfer.tta": ("none", "flips", "dihedral"),
 }
 
 KINDS: tuple[str, ...] = ("pretrain", "finetune", "experiment")
@@ -181,6 +236,19 @@ EXPERIMENT_DEFAULTS: dict[str, Any] = {
     "magnifications": ["40X", "100X", "200X", "400X"],
     "label_fractions": [0.2],
     "cross_magnification": False,                # test each model at all four magnifications
+    # dataset bach | bcc: patch-based transfer (mpcs.evaluation.transfer); mode may be "both"
+    "transfer": {
+        "pretrained": [],         # MPCS checkpoints, pre-training runs or BreakHis experiments
+        "pretrain_fold": 0,       # fold whose pre-training runs an experiment folder gives
+        "pretrain_data": None,    # BreakHis folder: pre-train methods lacking a checkpoint
+        "patch_size": 224,
+        "patch_stride": 0,        # 0: patch_size (no overlap)
+        "stain_norm": "none",     # none | reinhard | macenko
+        "stain_reference": None,  # reference image (needed by reinhard / macenko)
+        "stain_min_tissue": 0.05,  # macenko: less tissue -> raw patch kept (counted)
+        "tta": "none",            # test-time augmentation: none | flips | dihedral
+        "val_fraction": 0.25,     # validation images: this fraction of the non-test images
+    },
 }
 
 
@@ -267,10 +335,12 @@ def parse_override(text: str) -> dict[str, Any]:
     return node
 
 
-def _check_types(cfg: Mapping[str, Any], defaults: Mapping[str, Any], prefix: str = "") -> None:
+def _check_types(cfg: dict[str, Any], defaults: Mapping[str, Any], prefix: str = "") -> None:
     for key, default in defaults.items():
         path = f"{prefix}{key}"
         value = cfg[key]
+        if value is False and "off" in _CHOICES.get(path, ()):
+            value = cfg[key] = "off"  # YAML 1.1 reads a bare `off` as false
         if isinstance(default, dict):
             _check_types(value, default, f"{path}.")
             continue
@@ -337,6 +407,12 @@ def validate_pretrain(cfg: Mapping[str, Any]) -> None:
              f"train.batch_size must be >= 2 (NT-Xent needs negatives), got {t['batch_size']}")
     _require(t["checkpoint_every"] >= 1,
              f"train.checkpoint_every must be >= 1, got {t['checkpoint_every']}")
+    _require(t["last_every"] >= 1, f"train.last_every must be >= 1, got {t['last_every']}")
+    workers = cfg["data"]["num_workers"]
+    _require(workers is None or workers >= 0,
+             f"data.num_workers must be >= 0 (or null for auto), got {workers}")
+    _require(cfg["data"]["prefetch"] >= 1,
+             f"data.prefetch must be >= 1, got {cfg['data']['prefetch']}")
     _check_optim_schedule_input(cfg)
     _require(cfg["model"]["head_out"] >= 1, "model.head_out must be >= 1")
     _require(all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
@@ -346,6 +422,43 @@ def validate_pretrain(cfg: Mapping[str, Any]) -> None:
     from mpcs.data.transforms import AugmentConfig
 
     AugmentConfig(**cfg["augment"]).validate()
+    _check_ssl_sources(cfg)
+
+
+def _check_ssl_sources(cfg: Mapping[str, Any]) -> None:
+    """Checks of the method options, the pair sources and the kNN monitor (issue 8)."""
+    ssl, p, w, mon, d = cfg["ssl"], cfg["pairs"], cfg["wsi"], cfg["monitor"], cfg["data"]
+    _require(0 <= ssl["momentum"] <= 1, f"ssl.momentum must be in [0, 1], got {ssl['momentum']}")
+    _require(ssl["predictor_hidden"] >= 1, "ssl.predictor_hidden must be >= 1")
+    _require(ssl["barlow_lambda"] >= 0, "ssl.barlow_lambda must be >= 0")
+    vw = ssl["vicreg_weights"]
+    _require(isinstance(vw, list) and len(vw) == 3 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in vw),
+        f"ssl.vicreg_weights must be a list of three numbers >= 0, got {vw!r}")
+    _range_pair(ssl["simclr_crop_scale"], "ssl.simclr_crop_scale", 0.0, 1.0)
+    lo, hi = _range_pair(p["scale_range"], "pairs.scale_range", 0.0, float("inf"))
+    _require(p["min_ratio"] >= 1, f"pairs.min_ratio must be >= 1, got {p['min_ratio']}")
+    if p["strategy"] == "continuous":
+        _require(d["source"] != "breakhis",
+                 "pairs.strategy=continuous needs data.source=zoom or wsi (a BreakHis folder "
+                 "has only the four magnifications 40X..400X)")
+        _require(hi / lo > p["min_ratio"],
+                 f"pairs.scale_range {p['scale_range']} must span a ratio above "
+                 f"pairs.min_ratio={p['min_ratio']}")
+    if d["source"] == "zoom":
+        _require(lo >= 1, f"data.source=zoom needs pairs.scale_range >= 1 (1 = the whole "
+                 f"image), got {p['scale_range']}")
+    _require(d["zoom_base_size"] >= 0, "data.zoom_base_size must be >= 0 (0 = automatic)")
+    _require(w["mpp_at_1x"] > 0, f"wsi.mpp_at_1x must be > 0, got {w['mpp_at_1x']}")
+    _require(w["locations_per_slide"] >= 1, "wsi.locations_per_slide must be >= 1")
+    _require(0 <= w["min_tissue"] <= 1, f"wsi.min_tissue must be in [0, 1], got "
+             f"{w['min_tissue']}")
+    _require(w["assume_mpp"] is None or w["assume_mpp"] > 0, "wsi.assume_mpp must be > 0")
+    _require(w["mask_max_side"] >= 16, "wsi.mask_max_side must be >= 16")
+    _require(mon["knn_every"] >= 0, f"monitor.knn_every must be >= 0 (0 = off), got "
+             f"{mon['knn_every']}")
+    _require(mon["knn_k"] >= 1, f"monitor.knn_k must be >= 1, got {mon['knn_k']}")
+    _require(mon["knn_temperature"] > 0, "monitor.knn_temperature must be > 0")
 
 
 def _range_pair(value: Any, path: str, low: float, high: float) -> tuple[float, float]:
@@ -441,13 +554,16 @@ def validate_experiment(cfg: Mapping[str, Any]) -> None:
     """Types and values of an experiment grid; the presets it names must exist."""
     _check_types(cfg, EXPERIMENT_DEFAULTS)
     _require(cfg["folds"] >= 2, f"folds must be >= 2, got {cfg['folds']}")
-    strategies = _CHOICES["pairs.strategy"]
+    # continuous scales need a zoom or wsi source, not the BreakHis folders of a grid
+    strategies = tuple(s for s in _CHOICES["pairs.strategy"] if s != "continuous")
     bad = [m for m in cfg["methods"] if m not in strategies]
     _require(not bad, f"methods must be pair strategies ({', '.join(strategies)}), got {bad}")
     _require(cfg["baseline"] in ("imagenet", "none"),
              f"baseline must be imagenet or none, got {cfg['baseline']!r}")
-    _require(cfg["mode"] in ("finetune", "linear"),
-             f"mode must be finetune or linear, got {cfg['mode']!r}")
+    transfer = cfg["dataset"] != "breakhis"
+    _require(cfg["mode"] in ("finetune", "linear") or (transfer and cfg["mode"] == "both"),
+             f"mode must be finetune or linear{' or both' if transfer else ''}, got "
+             f"{cfg['mode']!r}")
     mags = ("40X", "100X", "200X", "400X", "all")
     bad = [m for m in cfg["magnifications"] if m not in mags]
     _require(not bad and cfg["magnifications"],
@@ -459,6 +575,10 @@ def validate_experiment(cfg: Mapping[str, Any]) -> None:
              f"label_fractions must be numbers in (0, 1], got {cfg['label_fractions']}")
     for key, kind in (("pretrain_preset", "pretrain"), ("finetune_preset", "finetune")):
         resolve(preset=cfg[key], kind=kind)
+    if transfer:
+        from mpcs.evaluation.transfer import validate_transfer
+
+        validate_transfer(cfg)
 
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
