@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from mpcs.cli import main
 from mpcs.data.synth import SynthConfig
 from mpcs.demo import run_demo
+from mpcs.errors import MpcsError
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -86,18 +88,34 @@ def test_presets_command_lists_paper_presets(capsys: pytest.CaptureFixture) -> N
 
 
 def test_demo_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    synth = SynthConfig(patients=6, samples_per_patient=3, image_size=(48, 32), seed=0)
-    results = run_demo(tmp_path, synth=synth, overrides=TINY_OVERRIDES, test_fraction=0.34,
+    """The demo's grid on a tiny data set: folds, FP/OP/RP vs random init, tables, report."""
+    synth = SynthConfig(patients=10, samples_per_patient=2, image_size=(48, 32), seed=0)
+    overrides = ["folds=2", "methods=[ordered, random]",
+                 "pretrain_overrides=" + json.dumps([*TINY_OVERRIDES, "model.encoder=resnet18"]),
+                 "finetune_overrides=" + json.dumps(["model.encoder=resnet18", "linear.epochs=3"])]
+    results = run_demo(tmp_path, synth=synth, overrides=overrides, figures=False,
                        progress=False)
     out = capsys.readouterr().out
     assert set(results["magnification"]) == {"40X", "100X", "200X", "400X"}
-    assert results["encoder"].str.contains("MPCS-OP").any()
-    assert results["encoder"].str.contains("random init").any()
+    assert set(results["method"]) == {"Random init", "MPCS-OP", "MPCS-RP"}
+    assert set(results["fold"]) == {0, 1}
     assert results[["ila", "pla"]].stack().between(0, 1).all()
-    saved = pd.read_csv(tmp_path / "results.csv")
-    assert len(saved) == len(results)
-    assert "| encoder |" in (tmp_path / "results.md").read_text()
-    assert "| encoder |" in out
+    assert (results["label_fraction"] == 0.2).all()
+    report = (tmp_path / "experiment" / "report.md").read_text()
+    assert "Image-level accuracy" in report and "p vs Random init" in report
+    assert (tmp_path / "experiment" / "report.html").is_file()
+    summary = (tmp_path / "results.md").read_text()
+    assert "| Random init |" in summary and "| MPCS-OP |" in summary
+    assert "MPCS-OP vs Random init: ILA" in out and "wall time" in out
+    # Each fold pre-trained on its own training patients only (the runner's guard passed);
+    # a second run without --resume refuses to mix with the finished one ...
+    with pytest.raises(MpcsError, match="--resume"):
+        run_demo(tmp_path, synth=synth, overrides=overrides, figures=False, progress=False)
+    # ... and with --resume it reuses every finished cell and reports the same numbers.
+    again = run_demo(tmp_path, synth=synth, overrides=overrides, resume=True, figures=False,
+                     progress=False)
+    pd.testing.assert_frame_equal(again.reset_index(drop=True),
+                                  results.reset_index(drop=True))
 
 
 def test_splits_then_linear_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

