@@ -169,3 +169,17 @@ def test_missing_mpcs_encoders_are_refused_before_training(tiny_bcc: Path, tmp_p
     with pytest.raises(ConfigError, match="neither a checkpoint"):
         tr.run_transfer(bcc_experiment(**{"transfer.pretrained": f"[{tmp_path}]"}), tiny_bcc,
                         tmp_path / "exp2", progress=False)
+
+
+def test_transfer_refuses_a_checkpoint_of_another_method(tmp_path: Path) -> None:
+    # A BYOL encoder must not be reported under an MPCS pair-strategy name.
+    from mpcs.engine.checkpoint import save_checkpoint
+    from mpcs.evaluation.transfer import _strategy_and_encoder
+
+    cfg = {"method": "byol", "pairs": {"strategy": "ordered"}, "model": {"encoder": "resnet18"}}
+    save_checkpoint({"kind": "mpcs-pretrain", "config": cfg}, tmp_path / "byol.pt")
+    with pytest.raises(ConfigError, match="method=byol"):
+        _strategy_and_encoder(tmp_path / "byol.pt")
+    save_checkpoint({"kind": "mpcs-pretrain", "config": {**cfg, "method": "mpcs"}},
+                    tmp_path / "op.pt")
+    assert _strategy_and_encoder(tmp_path / "op.pt") == ("MPCS-OP", "resnet18")

@@ -846,8 +846,13 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
         if hasattr(model, "loggable"):
             record.update(model.loggable())
         every = cfg["monitor"]["knn_every"] if "monitor" in cfg else 0
-        if monitor is not None and ((epoch + 1) % every == 0 or epoch + 1 == t["epochs"]):
-            record.update(monitor.evaluate(enc, device))  # labels used only here
+        if every and ((epoch + 1) % every == 0 or epoch + 1 == t["epochs"]):
+            # Labels are used only here. Rank 0 (the only one with a monitor) scores; every
+            # rank takes part in the guard, so a failure stops all of them with its message
+            # instead of leaving the others waiting in the next collective.
+            scores = guarded(ctx, lambda: monitor.evaluate(enc, device) if monitor else {},
+                             run_here=main)
+            record.update(scores or {})
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
                 "global_step": global_step, "skipped_steps": total_skipped,

@@ -160,6 +160,10 @@ def _strategy_and_encoder(path: Path) -> tuple[str, str]:
         raise ConfigError(f"transfer.pretrained: {path} is not an mpcs pre-training checkpoint "
                           f"(kind {state.get('kind')!r})")
     cfg = state["config"]
+    method = cfg.get("method", "mpcs")
+    if method != "mpcs":
+        raise ConfigError(f"transfer.pretrained: {path} was pre-trained with method={method}; "
+                          "the transfer grid compares MPCS pair strategies (method=mpcs)")
     return STRATEGY_NAMES[cfg["pairs"]["strategy"]], cfg["model"]["encoder"]
 
 
