@@ -21,7 +21,8 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,24 @@ def _record_failure(out: Path, record: Mapping[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+@contextmanager
+def recorded_cell(out: Path, cell: Path, key: Mapping[str, Any],
+                  rows: list[dict[str, Any]]) -> Iterator[None]:
+    """Run one grid cell's body: appends its ``cells.csv`` row to ``rows`` ("done" with its
+    seconds, or "failed: ..."). A failure is logged and recorded in ``out/failures.jsonl``
+    and does not stop the grid (it is not re-raised)."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    except (MpcsError, RuntimeError, ValueError) as e:
+        log.error("cell %s failed: %s", cell, e)
+        _record_failure(out, {**key, "error": str(e), "traceback": traceback.format_exc()})
+        rows.append({**key, "cell": str(cell), "status": f"failed: {e}"})
+        return
+    rows.append({**key, "cell": str(cell), "status": "done",
+                 "seconds": time.perf_counter() - t0})
+
+
 def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                    resume: bool = False, progress: bool = True) -> pd.DataFrame:
     """Run the grid; returns one row per cell that has test metrics."""
@@ -183,8 +202,7 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                     if resume and (cell / "test_metrics.json").exists():
                         rows.append({**key, "cell": str(cell), "status": "skipped (done)"})
                         continue
-                    t0 = time.perf_counter()
-                    try:
+                    with recorded_cell(out, cell, key, rows):
                         _run_cell(cfg, fcfg, splits, manifest, fold, mag, fraction, init,
                                   cell, progress)
                         if cfg["cross_magnification"] and mag != "all":
@@ -193,13 +211,6 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                         atomic_write_text(cell / "cell.json", json.dumps(
                             {"dataset": cfg["dataset"], "mode": cfg["mode"], "encoder": encoder,
                              "init": init, **key}, indent=1))
-                        rows.append({**key, "cell": str(cell), "status": "done",
-                                     "seconds": time.perf_counter() - t0})
-                    except (MpcsError, RuntimeError, ValueError) as e:
-                        log.error("cell %s failed: %s", cell, e)
-                        _record_failure(out, {**key, "error": str(e),
-                                              "traceback": traceback.format_exc()})
-                        rows.append({**key, "cell": str(cell), "status": f"failed: {e}"})
     table = pd.DataFrame(rows)
     atomic_write_text(out / "cells.csv", table.to_csv(index=False))
     return table

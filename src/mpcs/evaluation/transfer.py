@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +56,8 @@ from mpcs.data.stain import build_normaliser
 from mpcs.engine.checkpoint import load_checkpoint
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
 from mpcs.engine.runinfo import atomic_write_text, write_run_info
-from mpcs.errors import ConfigError, DataError, MpcsError
+from mpcs.errors import ConfigError, DataError
+from mpcs.evaluation.experiment import recorded_cell
 from mpcs.evaluation.stats import format_mean_std
 
 log = logging.getLogger(__name__)
@@ -359,11 +358,6 @@ def _part_patches(patches: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     return patches[patches["image_id"].isin(set(rows["image_id"]))].reset_index(drop=True)
 
 
-def _record_failure(out: Path, record: Mapping[str, Any]) -> None:
-    with open(out / "failures.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                  resume: bool = False, progress: bool = True) -> pd.DataFrame:
     """Run the transfer grid (module docstring); one row per cell with its status."""
@@ -398,8 +392,7 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                     if resume and (cell / "cell.json").exists():
                         rows.append({**key, "cell": str(cell), "status": "skipped (done)"})
                         continue
-                    t0 = time.perf_counter()
-                    try:
+                    with recorded_cell(out, cell, key, rows):
                         train = _part_patches(patches, splits.frame(images, fold, "train",
                                                                     fraction=fraction))
                         run = linear_eval if mode == "linear" else finetune
@@ -414,13 +407,6 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                              "n_train_images": int(train["image_id"].nunique()),
                              "n_train_patches": len(train), **key, "scores": scores},
                             indent=1))
-                        rows.append({**key, "cell": str(cell), "status": "done",
-                                     "seconds": time.perf_counter() - t0})
-                    except (MpcsError, RuntimeError, ValueError) as e:
-                        log.error("cell %s failed: %s", cell, e)
-                        _record_failure(out, {**key, "error": str(e),
-                                              "traceback": traceback.format_exc()})
-                        rows.append({**key, "cell": str(cell), "status": f"failed: {e}"})
     table = pd.DataFrame(rows)
     atomic_write_text(out / "cells.csv", table.to_csv(index=False))
     return table
