@@ -130,6 +130,18 @@ def test_resume_continues_exactly(tiny_breakhis: Path, tmp_path: Path) -> None:
     assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
 
 
+def test_resume_of_a_finished_run_trains_nothing_and_reports_its_loss(
+        tiny_breakhis: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    done = pretrain(tiny_cfg(), tiny_breakhis, run, progress=False)
+    before = (run / "checkpoints" / "last.pt").stat().st_mtime_ns
+    again = pretrain(tiny_cfg(), tiny_breakhis, run, resume=True, progress=False)
+    assert again["global_step"] == done["global_step"]
+    assert again["final_loss"] == pytest.approx(done["final_loss"])
+    assert (run / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
+
+
 def test_resume_refuses_a_different_config(tiny_breakhis: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     pretrain(tiny_cfg(), tiny_breakhis, run, progress=False)

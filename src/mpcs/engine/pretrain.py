@@ -749,6 +749,7 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
                                 schedule=cfg["schedule"]["name"],
                                 final_lr_fraction=cfg["schedule"]["final_lr_fraction"])
     start_epoch, global_step, total_skipped = 0, 0, 0
+    last_loss = float("nan")
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -756,7 +757,13 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
         _restore_rng(state["rng"], np_rng, gen)
         start_epoch, global_step = state["epoch"], state["global_step"]
         total_skipped = int(state.get("skipped_steps", 0))
-        log.info("resuming %s at epoch %d (step %d)", run_dir, start_epoch + 1, global_step)
+        last_loss = float(state.get("loss", last_loss))
+        if start_epoch >= t["epochs"]:
+            log.info("resuming %s: all %d epochs are done; nothing to train", run_dir,
+                     t["epochs"])
+        else:
+            log.info("resuming %s at epoch %d (step %d)", run_dir, start_epoch + 1,
+                     global_step)
         if main:
             try:
                 _trim_metrics(metrics_path, start_epoch)
@@ -769,7 +776,6 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
     params = [p for p in model.parameters() if p.requires_grad]
 
     gather = partial(rank_views, data, ctx=ctx, pin_memory=loading.pin_memory)
-    last_loss = float("nan")
     for epoch in range(start_epoch, t["epochs"]):
         trained.train()
         plans = epoch_plan(len(data), bounds, sampler, np_rng)
@@ -855,7 +861,7 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
             record.update(scores or {})
         ckpt = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "epoch": epoch + 1,
-                "global_step": global_step, "skipped_steps": total_skipped,
+                "global_step": global_step, "skipped_steps": total_skipped, "loss": last_loss,
                 "steps_per_epoch": steps, "pair_samples": len(data),
                 "rng": _rng_state(np_rng, gen), "config": dict(cfg), "kind": "mpcs-pretrain",
                 "world_size": ctx.world_size,
