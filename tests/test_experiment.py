@@ -62,6 +62,19 @@ def test_grid_runs_resumes_and_reports(ten_patients: Path, tmp_path: Path,
     again = run_experiment(cfg, ten_patients, out, resume=True, progress=False)
     assert not calls
     assert again["status"].str.startswith("skipped").all()
+    info = json.loads((out / "run.json").read_text())
+    assert len(info["resumed"]) == 1 and info["started"] <= info["resumed"][0]["started"]
+
+    # Settings that shape the finished cells may not change on --resume (they would be mixed
+    # with cells made under the new ones); the cells chosen may.
+    changed = tiny_experiment(cross_magnification="true",
+                              finetune_overrides=[*FINETUNE_TINY, "linear.lr=0.5"])
+    with pytest.raises(ConfigError, match="finetune_overrides") as err:
+        run_experiment(changed, ten_patients, out, resume=True, progress=False)
+    assert str(out / "config.yaml") in str(err.value)
+    fewer = tiny_experiment(cross_magnification="true", magnifications="[400X]")
+    again = run_experiment(fewer, ten_patients, out, resume=True, progress=False)
+    assert len(again) == 4 and not calls
 
     # A cell interrupted by a kill has no test_metrics.json: --resume redoes that one only.
     interrupted = exp_mod.cell_dir(out, 1, "MPCS-OP", "400X", 1.0)

@@ -88,6 +88,9 @@ def test_bcc_grid_votes_resumes_and_reports(tiny_bcc: Path, op_checkpoint: Path,
     # Resume: finished cells are skipped; a cell without cell.json is redone alone.
     with pytest.raises(ConfigError, match="--resume"):
         tr.run_transfer(cfg, tiny_bcc, out, progress=False)
+    with pytest.raises(ConfigError, match="transfer.patch_size: 48 != 64"):
+        tr.run_transfer({**cfg, "transfer": {**cfg["transfer"], "patch_size": 64}}, tiny_bcc,
+                        out, resume=True, progress=False)
     interrupted = tr.cell_dir(out, 1, "Random init", "finetune", 1.0)
     (interrupted / "cell.json").unlink()
     calls = []

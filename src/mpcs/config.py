@@ -594,5 +594,37 @@ def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") ->
     return out
 
 
+def with_defaults(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with the keys it lacks (added to mpcs after it was written) at their defaults."""
+    out = dict(cfg)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, Mapping) and isinstance(out[key], Mapping):
+            out[key] = with_defaults(out[key], value)
+    return out
+
+
+def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any],
+                     defaults: Mapping[str, Any], may_differ: Iterable[str]) -> list[str]:
+    """Differences (``"key: old != new"``) that forbid continuing a run saved with ``saved``.
+
+    ``saved`` is completed with ``defaults`` first, so that keys added to mpcs since do not
+    count. A key in ``may_differ`` is allowed to change; one ending in ``"."`` covers its
+    whole section.
+
+    >>> resume_conflicts({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 0},
+    ...                  {"d": 0}, ["b."])
+    []
+    """
+    allowed = tuple(may_differ)
+
+    def free(key: str) -> bool:
+        return any(key == k or (k.endswith(".") and key.startswith(k)) for k in allowed)
+
+    return [x for x in differences(with_defaults(saved, defaults), current)
+            if not free(x.split(":", 1)[0])]
+
+
 def dump(cfg: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(cfg), sort_keys=False)

@@ -73,7 +73,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from mpcs.config import PRETRAIN_DEFAULTS, differences
+from mpcs.config import PRETRAIN_DEFAULTS, resume_conflicts
 from mpcs.data.breakhis import complete_samples, scan_breakhis
 from mpcs.data.cache import (
     default_cache_dir,
@@ -388,23 +388,8 @@ def _append_line(path: Path, text: str) -> None:
 # --------------------------------------------------------------------------- checkpoints
 
 
-def _with_defaults(cfg: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``cfg`` with keys it lacks (added to mpcs after it was written) at their defaults."""
-    out = dict(cfg)
-    for key, value in defaults.items():
-        if key not in out:
-            out[key] = value
-        elif isinstance(value, Mapping) and isinstance(out[key], Mapping):
-            out[key] = _with_defaults(out[key], value)
-    return out
-
-
 def _load(path: Path) -> dict[str, Any]:
     return load_checkpoint(path)
-
-
-def _may_differ(key: str) -> bool:
-    return any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_MAY_DIFFER)
 
 
 def _resume_state(run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -413,8 +398,7 @@ def _resume_state(run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any] | Non
         log.warning("--resume: no checkpoint in %s, starting from scratch", run_dir)
         return None
     state = _load(last)
-    old = _with_defaults(state.get("config", {}), PRETRAIN_DEFAULTS)
-    diff = [x for x in differences(old, cfg) if not _may_differ(x.split(":", 1)[0])]
+    diff = resume_conflicts(state.get("config", {}), cfg, PRETRAIN_DEFAULTS, RESUME_MAY_DIFFER)
     if diff:
         raise CheckpointError(f"{last} was written with a different configuration; refusing to "
                               "resume. Differing keys:\n  " + "\n  ".join(diff))
@@ -722,7 +706,7 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
                 "world_size": ctx.world_size, "backend": ctx.backend,
                 "global_batch": t["batch_size"], "batch_per_rank": local_batch,
                 "loader": {"num_workers": loading.num_workers, "prefetch": loading.prefetch,
-                           "pin_memory": loading.pin_memory}})
+                           "pin_memory": loading.pin_memory}}, resume=state is not None)
             atomic_write_text(run_dir / "pretrain_patients.txt",
                               "\n".join(sorted(data.samples["patient_id"].unique())) + "\n")
         except OSError as exc:

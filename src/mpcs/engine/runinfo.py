@@ -9,13 +9,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
+
+from mpcs.config import resume_conflicts
+from mpcs.errors import ConfigError
 
 PACKAGES = ("mpcs", "torch", "torchvision", "timm", "numpy", "scikit-learn", "pandas", "pillow")
 
@@ -68,14 +71,17 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         f.write(text)
 
 
-def write_run_info(run_dir: str | Path, cfg: Mapping[str, Any], extra: Mapping[str, Any] = ()
-                   ) -> None:
-    """``config.yaml`` (resolved) and ``run.json`` (seed, versions, commit, command, host)."""
+def write_run_info(run_dir: str | Path, cfg: Mapping[str, Any], extra: Mapping[str, Any] = (),
+                   resume: bool = False) -> None:
+    """``config.yaml`` (resolved) and ``run.json`` (seed, versions, commit, command, host).
+
+    With ``resume`` an existing ``run.json`` keeps its first start and gains an entry in its
+    ``resumed`` list (time, commit, versions, command, host and ``extra`` of this start).
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dict(cfg), sort_keys=False))
-    info = {
-        "seed": cfg.get("seed"),
+    start = {
         "versions": package_versions(),
         "git_commit": git_commit(),
         "command": sys.argv,
@@ -83,4 +89,42 @@ def write_run_info(run_dir: str | Path, cfg: Mapping[str, Any], extra: Mapping[s
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **dict(extra),
     }
+    info = {"seed": cfg.get("seed"), **start}
+    previous = _read_run_json(run_dir / "run.json") if resume else None
+    if previous is not None:
+        info = {**previous, "resumed": [*previous.get("resumed", []), start]}
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2, default=str))
+
+
+def _read_run_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # none yet, or cut short: this start's record replaces it
+    return data if isinstance(data, dict) else None
+
+
+def check_resumable(run_dir: str | Path, cfg: Mapping[str, Any], defaults: Mapping[str, Any],
+                    may_differ: Iterable[str]) -> None:
+    """Refuse to continue ``run_dir`` with settings other than those in its ``config.yaml``.
+
+    Finished parts of a run would otherwise be mixed with parts made under other settings.
+    Keys in ``may_differ`` (see :func:`mpcs.config.resume_conflicts`) may change. A folder
+    without ``config.yaml`` has nothing to compare and passes.
+    """
+    path = Path(run_dir) / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        return
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read the saved configuration of the run to resume "
+                          f"({exc}); resume needs it to check the settings") from None
+    conflicts = resume_conflicts(saved if isinstance(saved, Mapping) else {}, cfg, defaults,
+                                 may_differ)
+    if conflicts:
+        raise ConfigError(
+            f"{path}: the run was started with other settings; refusing to resume, since its "
+            f"finished parts would be mixed with parts made under the new ones. Differing "
+            f"keys (saved != now):\n  " + "\n  ".join(conflicts)
+            + "\nResume with the saved settings, or start a new run in another folder.")

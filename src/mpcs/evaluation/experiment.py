@@ -28,14 +28,14 @@ from typing import Any
 
 import pandas as pd
 
-from mpcs.config import resolve
+from mpcs.config import EXPERIMENT_DEFAULTS, resolve
 from mpcs.data.breakhis import scan_breakhis
 from mpcs.data.cache import default_cache_dir, load_images
 from mpcs.data.pairs import MAGNIFICATIONS
 from mpcs.data.splits import Splits, check_splits, make_splits
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
 from mpcs.engine.pretrain import pretrain
-from mpcs.engine.runinfo import atomic_write_text, write_run_info
+from mpcs.engine.runinfo import atomic_write_text, check_resumable, write_run_info
 from mpcs.errors import ConfigError, DataError, MpcsError
 from mpcs.evaluation.metrics import classification_metrics
 
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 STRATEGY_NAMES = {"fixed": "MPCS-FP", "ordered": "MPCS-OP", "random": "MPCS-RP",
                   "fp": "MPCS-FP", "op": "MPCS-OP", "rp": "MPCS-RP"}
 BASELINE_NAMES = {"imagenet": "ImageNet", "none": "Random init"}
+#: Settings that may change on ``--resume``: they only choose which cells exist. Any other
+#: change would leave finished cells made under the old settings beside new ones.
+RESUME_MAY_DIFFER = ("name", "description", "methods", "magnifications", "label_fractions")
 
 
 def cell_dir(out: Path, fold: int, method: str, magnification: str, fraction: float) -> Path:
@@ -181,7 +184,9 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
         raise ConfigError(f"{out} already holds an experiment; add --resume to continue it or "
                           "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    write_run_info(out, cfg, {"data": str(data)})
+    if resume:
+        check_resumable(out, cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
+    write_run_info(out, cfg, {"data": str(data)}, resume=resume)
     manifest = scan_breakhis(data)
     splits = _load_or_make_splits(cfg, manifest, out)
     check_splits(splits, manifest)

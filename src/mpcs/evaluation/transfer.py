@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
-from mpcs.config import resolve
+from mpcs.config import EXPERIMENT_DEFAULTS, resolve
 from mpcs.data.bach import BACH_CLASSES, scan_bach
 from mpcs.data.bcc import BCC_CLASSES, scan_bcc
 from mpcs.data.cache import default_cache_dir, load_images
@@ -55,9 +55,9 @@ from mpcs.data.splits import Splits, check_splits, make_splits
 from mpcs.data.stain import build_normaliser
 from mpcs.engine.checkpoint import load_checkpoint
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
-from mpcs.engine.runinfo import atomic_write_text, write_run_info
+from mpcs.engine.runinfo import atomic_write_text, check_resumable, write_run_info
 from mpcs.errors import ConfigError, DataError
-from mpcs.evaluation.experiment import recorded_cell
+from mpcs.evaluation.experiment import RESUME_MAY_DIFFER, recorded_cell
 from mpcs.evaluation.stats import format_mean_std
 
 log = logging.getLogger(__name__)
@@ -367,7 +367,9 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                           "choose another --out")
     ds = DATASETS[cfg["dataset"]]
     out.mkdir(parents=True, exist_ok=True)
-    write_run_info(out, cfg, {"data": str(data)})
+    if resume:
+        check_resumable(out, cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
+    write_run_info(out, cfg, {"data": str(data)}, resume=resume)
     atomic_write_text(out / MARKER, json.dumps({"dataset": ds.name, "classes": list(ds.classes),
                                                 "positive": ds.positive}, indent=1))
     images = ds.scan(data)
