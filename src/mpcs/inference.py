@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from mpcs.data.breakhis import parse_filename
@@ -202,6 +203,30 @@ def load_encoder_from_checkpoint(path: PathLike) -> Encoder:
 # --------------------------------------------------------------------------- batches
 
 
+def read_model_input(file: PathLike, input_size: int, mean: Sequence[float],
+                     std: Sequence[float], skip_bad: bool = False,
+                     skipped: list[tuple[str, str]] | None = None, what: str = ""
+                     ) -> tuple[Image.Image, torch.Tensor] | None:
+    """Decode ``file`` and pre-process it as evaluation does.
+
+    Returns the RGB image and its ``[1, 3, input_size, input_size]`` normalised tensor. An
+    unreadable image raises :class:`DataError` naming it, or with ``skip_bad`` is logged
+    (prefixed by ``what``), added to ``skipped`` as ``(path, reason)`` and gives ``None``.
+    """
+    try:
+        image = load_rgb(file)
+    except DataError as e:
+        if not skip_bad:
+            raise
+        log.warning("%sskipping unreadable image: %s", f"{what}: " if what else "", e)
+        if skipped is not None:
+            skipped.append((str(file), str(e)))
+        return None
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    return image, eval_transform(pixels.permute(2, 0, 1)[None], input_size, tuple(mean),
+                                 tuple(std))
+
+
 def _run_batches(files: Sequence[Path], input_size: int, mean: Sequence[float],
                  std: Sequence[float], fn: Callable[[torch.Tensor], torch.Tensor],
                  batch_size: int, skip_bad: bool, progress: bool, desc: str,
@@ -220,18 +245,10 @@ def _run_batches(files: Sequence[Path], input_size: int, mean: Sequence[float],
         for start in range(0, len(files), batch_size):
             xs, names = [], []
             for file in files[start:start + batch_size]:
-                try:
-                    image = load_rgb(file)
-                except DataError as e:
-                    if not skip_bad:
-                        raise
-                    log.warning("skipping unreadable image: %s", e)
-                    skipped.append((str(file), str(e)))
-                    continue
-                pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-                pixels = pixels.permute(2, 0, 1).unsqueeze(0)
-                xs.append(eval_transform(pixels, input_size, mean_t, std_t))
-                names.append(file)
+                read = read_model_input(file, input_size, mean_t, std_t, skip_bad, skipped)
+                if read is not None:
+                    xs.append(read[1])
+                    names.append(file)
             if xs:
                 with torch.no_grad():
                     out = fn(torch.cat(xs).to(device)).float().cpu().numpy()

@@ -53,17 +53,21 @@ def cell_dir(out: Path, fold: int, method: str, magnification: str, fraction: fl
     return out / f"fold{fold}" / method / magnification / f"lf{fraction:g}"
 
 
-def _load_or_make_splits(cfg: Mapping[str, Any], manifest: pd.DataFrame, out: Path) -> Splits:
+def load_or_make_splits(cfg: Mapping[str, Any], table: pd.DataFrame, out: Path,
+                        **make: Any) -> Splits:
+    """The experiment's ``splits.json``: loaded (checked against ``table``, the grid's folds
+    and seed) when ``out`` has one, else made with ``make_splits(table, **make)`` and saved.
+    Any label fraction can be drawn from loaded splits (the fractions are nested)."""
     path = out / "splits.json"
     if path.exists():
-        splits = Splits.load(path, manifest)
+        splits = Splits.load(path, table)
         if splits.folds != cfg["folds"] or splits.seed != cfg["seed"]:
             raise ConfigError(f"{path} holds {splits.folds} folds with seed {splits.seed}; the "
                               f"experiment asks for {cfg['folds']} folds with seed "
                               f"{cfg['seed']}. Use another --out.")
         return splits
-    splits = make_splits(manifest, folds=cfg["folds"], seed=cfg["seed"],
-                         label_fractions=cfg["label_fractions"])
+    splits = make_splits(table, folds=cfg["folds"], seed=cfg["seed"],
+                         label_fractions=cfg["label_fractions"], **make)
     splits.save(path)
     return splits
 
@@ -188,7 +192,7 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
         check_resumable(out, cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
     write_run_info(out, cfg, {"data": str(data)}, resume=resume)
     manifest = scan_breakhis(data)
-    splits = _load_or_make_splits(cfg, manifest, out)
+    splits = load_or_make_splits(cfg, manifest, out)
     check_splits(splits, manifest)
     fcfg = resolve(preset=cfg["finetune_preset"], kind="finetune",
                    overrides=[*cfg["finetune_overrides"], f"seed={cfg['seed']}"])

@@ -51,13 +51,13 @@ from mpcs.data.bach import BACH_CLASSES, scan_bach
 from mpcs.data.bcc import BCC_CLASSES, scan_bcc
 from mpcs.data.cache import default_cache_dir, load_images
 from mpcs.data.patches import PatchSpec, extract_patches, majority_vote
-from mpcs.data.splits import Splits, check_splits, make_splits
+from mpcs.data.splits import check_splits
 from mpcs.data.stain import build_normaliser
 from mpcs.engine.checkpoint import load_checkpoint
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
 from mpcs.engine.runinfo import atomic_write_text, check_resumable, write_run_info
 from mpcs.errors import ConfigError, DataError
-from mpcs.evaluation.experiment import RESUME_MAY_DIFFER, recorded_cell
+from mpcs.evaluation.experiment import RESUME_MAY_DIFFER, load_or_make_splits, recorded_cell
 from mpcs.evaluation.stats import format_mean_std
 
 log = logging.getLogger(__name__)
@@ -317,26 +317,6 @@ def cell_scores(cell: Path, ds: TransferDataset) -> dict[str, float]:
 # --------------------------------------------------------------------------- the grid
 
 
-def _load_or_make_splits(cfg: Mapping[str, Any], images: pd.DataFrame, out: Path) -> Splits:
-    path = out / "splits.json"
-    if path.exists():
-        splits = Splits.load(path, images)
-        if splits.folds != cfg["folds"] or splits.seed != cfg["seed"]:
-            raise ConfigError(f"{path} holds {splits.folds} folds with seed {splits.seed}; the "
-                              f"experiment asks for {cfg['folds']} folds with seed "
-                              f"{cfg['seed']}. Use another --out.")
-        missing = sorted(set(map(float, cfg["label_fractions"])) - set(splits.label_fractions))
-        if missing:
-            raise ConfigError(f"{path} has no label fraction(s) {missing}; use another --out")
-        return splits
-    splits = make_splits(images, folds=cfg["folds"], seed=cfg["seed"],
-                         label_fractions=cfg["label_fractions"],
-                         val_fraction_of_rest=cfg["transfer"]["val_fraction"], stratify="label",
-                         fraction_by_magnification=False)
-    splits.save(path)
-    return splits
-
-
 def _patch_table(cfg: Mapping[str, Any], fcfg: Mapping[str, Any], images: pd.DataFrame,
                  out: Path, progress: bool) -> pd.DataFrame:
     t = cfg["transfer"]
@@ -373,7 +353,9 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
     atomic_write_text(out / MARKER, json.dumps({"dataset": ds.name, "classes": list(ds.classes),
                                                 "positive": ds.positive}, indent=1))
     images = ds.scan(data)
-    splits = _load_or_make_splits(cfg, images, out)
+    splits = load_or_make_splits(cfg, images, out,
+                                 val_fraction_of_rest=cfg["transfer"]["val_fraction"],
+                                 stratify="label", fraction_by_magnification=False)
     check_splits(splits, images)
     fcfg = resolve(preset=cfg["finetune_preset"], kind="finetune",
                    overrides=[*cfg["finetune_overrides"], f"seed={cfg['seed']}"])

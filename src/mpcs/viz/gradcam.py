@@ -535,10 +535,8 @@ def explain(checkpoint: str | os.PathLike[str], files: Sequence[Path],
         CheckpointError: not a fine-tuned checkpoint. ConfigError: an unknown class or
             layer name. DataError: an unreadable image (without ``skip_bad``).
     """
-    from mpcs.data.images import load_rgb
-    from mpcs.data.transforms import eval_transform
     from mpcs.engine.finetune import load_finetuned
-    from mpcs.inference import breakhis_fields
+    from mpcs.inference import breakhis_fields, read_model_input
 
     path = Path(checkpoint)
     try:
@@ -563,15 +561,11 @@ def explain(checkpoint: str | os.PathLike[str], files: Sequence[Path],
             batch: list[CamImage] = []
             xs = []
             for file in files[start:start + batch_size]:
-                try:
-                    image = load_rgb(file)
-                except DataError as e:
-                    if not skip_bad:
-                        raise
-                    log.warning("Grad-CAM: skipping unreadable image: %s", e)
+                read = read_model_input(file, size, mean, std, skip_bad, what="Grad-CAM")
+                if read is None:
                     continue
-                pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-                xs.append(eval_transform(pixels.permute(2, 0, 1)[None], size, mean, std))
+                image, x = read
+                xs.append(x)
                 true = breakhis_fields(file)["label"]
                 batch.append(CamImage(Path(file), _display_rgb(image, max_side),
                                       true if true in names else None, {}, "",
