@@ -127,6 +127,31 @@ def test_a_failed_cell_does_not_stop_the_others(ten_patients: Path, tmp_path: Pa
     assert len(lines) == 2 and "simulated crash" in lines[0]
 
 
+def test_keep_checkpoints_fold0_drops_later_folds_models_and_resume_still_works(
+        ten_patients: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "exp"
+    cfg = tiny_experiment(keep_checkpoints="fold0")
+    table = run_experiment(cfg, ten_patients, out, progress=False)
+    assert (table["status"] == "done").all(), table
+    assert len(list((out / "fold0").rglob("best.pt"))) == 4
+    assert (out / "fold0" / "pretrain-op" / "checkpoints" / "last.pt").exists()
+    assert not list((out / "fold1").rglob("*.pt")), "fold 1 keeps no model file"
+    assert len(list((out / "fold1").rglob("test_predictions.csv"))) == 4
+    assert len(pd.read_csv(write_report(out, figures=False)[0])) == 8
+
+    # Resume with nothing left to do pre-trains nothing, although fold 1's checkpoint is gone.
+    monkeypatch.setattr(exp_mod, "pretrain", lambda *a, **k: pytest.fail("pre-trained"))
+    again = run_experiment(cfg, ten_patients, out, resume=True, progress=False)
+    assert again["status"].str.startswith("skipped").all()
+    # A fold-1 cell to redo needs the encoder: its pre-training is run again.
+    monkeypatch.undo()
+    (exp_mod.cell_dir(out, 1, "MPCS-OP", "40X", 1.0) / "test_metrics.json").unlink()
+    again = run_experiment(cfg, ten_patients, out, resume=True, progress=False)
+    assert (again["status"] == "done").sum() == 1
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        tiny_experiment(keep_checkpoints="some")
+
+
 def test_leaked_pretraining_patient_is_refused(ten_patients: Path, tmp_path: Path) -> None:
     run = tmp_path / "pre"
     run.mkdir()

@@ -21,7 +21,7 @@ import json
 import logging
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -46,7 +46,8 @@ STRATEGY_NAMES = {"fixed": "MPCS-FP", "ordered": "MPCS-OP", "random": "MPCS-RP",
 BASELINE_NAMES = {"imagenet": "ImageNet", "none": "Random init"}
 #: Settings that may change on ``--resume``: they only choose which cells exist. Any other
 #: change would leave finished cells made under the old settings beside new ones.
-RESUME_MAY_DIFFER = ("name", "description", "methods", "magnifications", "label_fractions")
+RESUME_MAY_DIFFER = ("name", "description", "methods", "magnifications", "label_fractions",
+                     "keep_checkpoints")
 
 
 def cell_dir(out: Path, fold: int, method: str, magnification: str, fraction: float) -> Path:
@@ -82,10 +83,13 @@ def _guard_pretraining(run: Path, fold_train: Sequence[str], fold: int) -> None:
 
 
 def _pretrain_fold(cfg: Mapping[str, Any], data: Path, out: Path, splits: Splits, fold: int,
-                   train_patients: Sequence[str], resume: bool, progress: bool
+                   train_patients: Sequence[str], resume: bool, progress: bool,
+                   needed: Callable[[str], bool] = lambda method: True
                    ) -> dict[str, tuple[str, str]]:
     """Pre-train each strategy on the fold's training patients: {method: (checkpoint,
-    encoder name)}."""
+    encoder name)}. On ``resume`` a finished run is kept, and one whose checkpoint was
+    removed (``keep_checkpoints``) is redone only if ``needed(method)``, i.e. some cell
+    of the fold still needs its encoder."""
     checkpoints: dict[str, tuple[str, str]] = {}
     fold_split = splits.fold(fold)
     held_out = set(fold_split.val) | set(fold_split.test)
@@ -98,15 +102,45 @@ def _pretrain_fold(cfg: Mapping[str, Any], data: Path, out: Path, splits: Splits
         pcfg = resolve(preset=cfg["pretrain_preset"], overrides=[
             *cfg["pretrain_overrides"], f"pairs.strategy={strategy}", f"seed={cfg['seed']}",
             f"data.patients={sorted(train_patients)}"])
-        done = run / "done.json"
-        if not (resume and done.exists()):
+        done, last = run / "done.json", run / "checkpoints" / "last.pt"
+        finished = resume and done.exists()
+        if finished and not last.exists() and needed(STRATEGY_NAMES[strategy]):
+            log.info("fold %d: %s's pre-training checkpoint was removed (keep_checkpoints); "
+                     "pre-training again for the cells still to run", fold,
+                     STRATEGY_NAMES[strategy])
+            finished = False
+        if not finished:
             log.info("fold %d: pre-training %s", fold, STRATEGY_NAMES[strategy])
             summary = pretrain(pcfg, data, run, resume=resume, progress=progress)
             atomic_write_text(done, json.dumps(summary, indent=1))
         _guard_pretraining(run, train_patients, fold)
-        checkpoints[STRATEGY_NAMES[strategy]] = (str(run / "checkpoints" / "last.pt"),
-                                                 pcfg["model"]["encoder"])
+        checkpoints[STRATEGY_NAMES[strategy]] = (str(last), pcfg["model"]["encoder"])
     return checkpoints
+
+
+def drop_checkpoints(fold_dir: Path, fold: int, rows: Sequence[Mapping[str, Any]]) -> None:
+    """``keep_checkpoints=fold0``: remove the ``best.pt`` of the fold's finished cells and,
+    once none of its cells failed, its pre-training checkpoints; metrics, predictions and
+    run records stay (``mpcs report`` needs nothing else outside fold 0)."""
+    failed = any(r["fold"] == fold and str(r["status"]).startswith("failed") for r in rows)
+    files = [p for p in fold_dir.rglob("best.pt")
+             if (p.parent / "cell.json").exists()]
+    if not failed:
+        files += sorted(fold_dir.glob("pretrain-*/checkpoints/*.pt"))
+    freed, seen = 0, set()
+    for path in files:
+        try:
+            stat = path.stat()
+            if (stat.st_dev, stat.st_ino) not in seen:  # last.pt and its hard-linked epoch file
+                seen.add((stat.st_dev, stat.st_ino))
+                freed += stat.st_size
+            path.unlink()
+        except OSError as exc:
+            log.warning("keep_checkpoints=fold0: could not remove %s: %s", path, exc)
+    if files:
+        log.info("fold %d: removed %d checkpoint file(s), %.0f MB (keep_checkpoints=fold0)%s",
+                 fold, len(files), freed / 1e6,
+                 "; pre-training checkpoints kept: a cell failed" if failed else "")
 
 
 def _cache_dir(fcfg: Mapping[str, Any]) -> str | None:
@@ -200,8 +234,13 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
     for fold in range(cfg["folds"]):
         train_patients = splits.fold(fold).train
         inits = {BASELINE_NAMES[cfg["baseline"]]: (cfg["baseline"], fcfg["model"]["encoder"])}
+        def needed(method: str, fold: int = fold) -> bool:
+            return any(not (cell_dir(out, fold, method, mag, fraction)
+                            / "test_metrics.json").exists()
+                       for mag in cfg["magnifications"] for fraction in cfg["label_fractions"])
+
         inits.update(_pretrain_fold(cfg, data, out, splits, fold, train_patients, resume,
-                                    progress))
+                                    progress, needed))
         for method, (init, encoder) in inits.items():
             for mag in cfg["magnifications"]:
                 for fraction in cfg["label_fractions"]:
@@ -220,6 +259,8 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                         atomic_write_text(cell / "cell.json", json.dumps(
                             {"dataset": cfg["dataset"], "mode": cfg["mode"], "encoder": encoder,
                              "init": init, **key}, indent=1))
+        if cfg["keep_checkpoints"] == "fold0" and fold > 0:
+            drop_checkpoints(out / f"fold{fold}", fold, rows)
     table = pd.DataFrame(rows)
     atomic_write_text(out / "cells.csv", table.to_csv(index=False))
     return table

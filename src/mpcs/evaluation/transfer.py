@@ -57,7 +57,12 @@ from mpcs.engine.checkpoint import load_checkpoint
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
 from mpcs.engine.runinfo import atomic_write_text, check_resumable, write_run_info
 from mpcs.errors import ConfigError, DataError
-from mpcs.evaluation.experiment import RESUME_MAY_DIFFER, load_or_make_splits, recorded_cell
+from mpcs.evaluation.experiment import (
+    RESUME_MAY_DIFFER,
+    drop_checkpoints,
+    load_or_make_splits,
+    recorded_cell,
+)
 from mpcs.evaluation.stats import format_mean_std
 
 log = logging.getLogger(__name__)
@@ -391,6 +396,8 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                              "n_train_images": int(train["image_id"].nunique()),
                              "n_train_patches": len(train), **key, "scores": scores},
                             indent=1))
+        if cfg["keep_checkpoints"] == "fold0" and fold > 0:
+            drop_checkpoints(out / f"fold{fold}", fold, rows)
     table = pd.DataFrame(rows)
     atomic_write_text(out / "cells.csv", table.to_csv(index=False))
     return table
