@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU session's checks, in one command (device time is scarce): the card, the bench's
 # ResNet-50@224 AMP rate (plain and the paper's dilated encoder), the same step under
-# torchrun/NCCL, and `mpcs pretrain` end to end on CUDA (single process, then torchrun with
-# SyncBatchNorm, then --resume of the finished run). Logs go to $OUT (or ./gpu-check-out).
+# torchrun over all GPUs, and `mpcs pretrain` end to end on CUDA (single process, then
+# torchrun over all GPUs with SyncBatchNorm, then --resume of the finished run). DDP, NCCL
+# and SyncBatchNorm are exercised only where the machine has 2 or more GPUs. Logs go to $OUT (or ./gpu-check-out).
 #
 #   bash bench/gpu_check.sh          # on a GPU machine, from the repository root
 #   SMOKE=1 bash bench/gpu_check.sh  # a CPU rehearsal with tiny settings (numbers meaningless)
@@ -33,7 +34,10 @@ if [ -n "${SMOKE:-}" ]; then
 else
     BENCH=()
     DILATED=(--encoder resnet50_dilated --batch 128 --steps 10 --warmup 3)
-    DEV=cuda; SYNC=true; NPROC=1
+    # every GPU: with 2 or more, torchrun runs DDP over NCCL with SyncBatchNorm; with one,
+    # torchrun starts the single-process path (no process group, no DDP, no SyncBN)
+    DEV=cuda; SYNC=true; NPROC=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU')
+    [ "${NPROC:-0}" -ge 1 ] 2> /dev/null || NPROC=1
     PRE=(--preset cpu-small --set train.epochs=3 --set data.input_size=112
          --set train.batch_size=32 --set monitor.knn_every=0)
 fi

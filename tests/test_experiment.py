@@ -42,6 +42,7 @@ def test_grid_runs_resumes_and_reports(ten_patients: Path, tmp_path: Path,
     out = tmp_path / "exp"
     cfg = tiny_experiment(cross_magnification="true")
     table = run_experiment(cfg, ten_patients, out, progress=False)
+    first_start = json.loads((out / "run.json").read_text())["started"]
     assert (table["status"] == "done").all(), table
     assert len(table) == 2 * 2 * 2  # folds x (MPCS-OP, random init) x magnifications
 
@@ -63,22 +64,35 @@ def test_grid_runs_resumes_and_reports(ten_patients: Path, tmp_path: Path,
     assert not calls
     assert again["status"].str.startswith("skipped").all()
     info = json.loads((out / "run.json").read_text())
-    assert len(info["resumed"]) == 1 and info["started"] <= info["resumed"][0]["started"]
+    assert info["started"] == first_start and len(info["resumed"]) == 1
 
     # Settings that shape the finished cells may not change on --resume (they would be mixed
-    # with cells made under the new ones); the cells chosen may.
-    changed = tiny_experiment(cross_magnification="true",
-                              finetune_overrides=[*FINETUNE_TINY, "linear.lr=0.5"])
-    with pytest.raises(ConfigError, match="finetune_overrides") as err:
-        run_experiment(changed, ten_patients, out, resume=True, progress=False)
-    assert str(out / "config.yaml") in str(err.value)
-    fewer = tiny_experiment(cross_magnification="true", magnifications="[400X]")
+    # with cells made under the new ones), wherever they come from; the cells chosen, and
+    # where or how fast they run, may.
+    for extra, saved_in, key in (
+            ({"cross_magnification": "false"}, "config.yaml", "cross_magnification"),
+            ({"finetune_overrides": [*FINETUNE_TINY, "linear.lr=0.5"]},
+             exp_mod.FINETUNE_CONFIG, "linear.lr"),
+            ({"pretrain_overrides": [*TINY_OVERRIDES, "train.threads=1", "loss.temperature=0.2"]},
+             "fold0/pretrain-op/config.yaml", "loss.temperature")):
+        with pytest.raises(ConfigError, match=key) as err:
+            run_experiment(tiny_experiment(**{"cross_magnification": "true", **extra}),
+                           ten_patients, out, resume=True, progress=False)
+        assert str(out / saved_in) in str(err.value)
+    # a preset file edited since (here: the saved resolved configuration) is caught too
+    saved = out / exp_mod.FINETUNE_CONFIG
+    saved.write_text(saved.read_text().replace("dropout: 0.3", "dropout: 0.5"))
+    with pytest.raises(ConfigError, match="model.dropout: 0.5 != 0.3"):
+        run_experiment(cfg, ten_patients, out, resume=True, progress=False)
+    saved.write_text(saved.read_text().replace("dropout: 0.5", "dropout: 0.3"))
+    fewer = tiny_experiment(cross_magnification="true", magnifications="[400X]",
+                            finetune_overrides=[*FINETUNE_TINY, "train.eval_batch_size=7"])
     again = run_experiment(fewer, ten_patients, out, resume=True, progress=False)
     assert len(again) == 4 and not calls
 
-    # A cell interrupted by a kill has no test_metrics.json: --resume redoes that one only.
+    # A cell interrupted by a kill has no cell.json (written last): --resume redoes that one.
     interrupted = exp_mod.cell_dir(out, 1, "MPCS-OP", "400X", 1.0)
-    (interrupted / "test_metrics.json").unlink()
+    (interrupted / "cell.json").unlink()
     monkeypatch.setattr(exp_mod, "linear_eval", real_linear_eval)
     again = run_experiment(cfg, ten_patients, out, resume=True, progress=False)
     redone = again[again["status"] == "done"]
@@ -145,11 +159,31 @@ def test_keep_checkpoints_fold0_drops_later_folds_models_and_resume_still_works(
     assert again["status"].str.startswith("skipped").all()
     # A fold-1 cell to redo needs the encoder: its pre-training is run again.
     monkeypatch.undo()
-    (exp_mod.cell_dir(out, 1, "MPCS-OP", "40X", 1.0) / "test_metrics.json").unlink()
+    (exp_mod.cell_dir(out, 1, "MPCS-OP", "40X", 1.0) / "cell.json").unlink()
     again = run_experiment(cfg, ten_patients, out, resume=True, progress=False)
     assert (again["status"] == "done").sum() == 1
     with pytest.raises(ConfigError, match="keep_checkpoints"):
         tiny_experiment(keep_checkpoints="some")
+
+
+def test_drop_checkpoints_keeps_what_a_failed_or_unfinished_cell_needs(tmp_path: Path) -> None:
+    fold = tmp_path / "fold1"
+    finished, unfinished = fold / "M" / "40X" / "lf1", fold / "M" / "100X" / "lf1"
+    ckpts = fold / "pretrain-ordered" / "checkpoints"
+    for folder in (finished, unfinished, ckpts):
+        folder.mkdir(parents=True)
+    (finished / "cell.json").write_text("{}")
+    for path in (finished / "best.pt", unfinished / "best.pt", ckpts / "last.pt"):
+        path.write_bytes(b"x" * 10)
+    (ckpts / "epoch_0001.pt").hardlink_to(ckpts / "last.pt")
+
+    exp_mod.drop_checkpoints(fold, 1, [{"fold": 1, "status": "failed: boom"},
+                                       {"fold": 2, "status": "done"}])
+    assert not (finished / "best.pt").exists()
+    assert (unfinished / "best.pt").exists() and (ckpts / "last.pt").exists()
+    exp_mod.drop_checkpoints(fold, 1, [{"fold": 1, "status": "done"},
+                                       {"fold": 0, "status": "failed: elsewhere"}])
+    assert not list(ckpts.iterdir()) and (unfinished / "best.pt").exists()
 
 
 def test_leaked_pretraining_patient_is_refused(ten_patients: Path, tmp_path: Path) -> None:

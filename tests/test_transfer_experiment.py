@@ -54,7 +54,7 @@ def test_bcc_grid_votes_resumes_and_reports(tiny_bcc: Path, op_checkpoint: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "exp"
     cfg = bcc_experiment(**{"transfer.pretrained": f"[{op_checkpoint.parent.parent}]",
-                            "transfer.tta": "flips"})
+                            "transfer.tta": "flips", "keep_checkpoints": "fold0"})
     table = tr.run_transfer(cfg, tiny_bcc, out, progress=False)
     assert (table["status"] == "done").all(), table
     assert len(table) == 2 * 2 * 2  # folds x (random init, MPCS-OP) x (finetune, linear)
@@ -78,6 +78,9 @@ def test_bcc_grid_votes_resumes_and_reports(tiny_bcc: Path, op_checkpoint: Path,
         probs = patches[["prob_benign", "prob_malignant"]].to_numpy()
         votes = majority_vote(patches["image_id"], probs, ["benign", "malignant"])
         assert votes["prediction"].tolist() == images["prediction"].tolist()
+        if k > 0:  # keep_checkpoints=fold0: later folds keep predictions, not models
+            assert not list((out / f"fold{k}").rglob("*.pt"))
+            continue
         # test-time flips: the mean over the four flipped views of the selected model
         model, _ = load_finetuned(cell / "best.pt")
         pix = torch.from_numpy(np.array(load_images(patches["path"][:3].tolist(), 32)))

@@ -619,20 +619,35 @@ def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any],
     """Differences (``"key: old != new"``) that forbid continuing a run saved with ``saved``.
 
     ``saved`` is completed with ``defaults`` first, so that keys added to mpcs since do not
-    count. A key in ``may_differ`` is allowed to change; one ending in ``"."`` covers its
+    count; keys that mpcs no longer has (in neither ``current`` nor ``defaults``) do not
+    count either. A key in ``may_differ`` is allowed to change; one ending in ``"."`` covers its
     whole section.
 
     >>> resume_conflicts({"a": 1, "b": {"c": 2}}, {"a": 1, "b": {"c": 3}, "d": 0},
     ...                  {"d": 0}, ["b."])
     []
+    >>> resume_conflicts({"a": 1, "gone": 5}, {"a": 2}, {"a": 0}, [])
+    ['a: 1 != 2']
     """
     allowed = tuple(may_differ)
 
     def free(key: str) -> bool:
-        return any(key == k or (k.endswith(".") and key.startswith(k)) for k in allowed)
+        if any(key == k or (k.endswith(".") and key.startswith(k)) for k in allowed):
+            return True
+        # a setting mpcs no longer has (saved, absent now and from the defaults)
+        return not _has_key(current, key) and not _has_key(defaults, key)
 
     return [x for x in differences(with_defaults(saved, defaults), current)
             if not free(x.split(":", 1)[0])]
+
+
+def _has_key(cfg: Mapping[str, Any], dotted: str) -> bool:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def dump(cfg: Mapping[str, Any]) -> str:

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import yaml
 
-from mpcs.config import resume_conflicts
+from mpcs.config import resume_conflicts, yaml_load
 from mpcs.errors import ConfigError
 
 PACKAGES = ("mpcs", "torch", "torchvision", "timm", "numpy", "scikit-learn", "pandas", "pillow")
@@ -104,24 +104,28 @@ def _read_run_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def check_resumable(run_dir: str | Path, cfg: Mapping[str, Any], defaults: Mapping[str, Any],
-                    may_differ: Iterable[str]) -> None:
-    """Refuse to continue ``run_dir`` with settings other than those in its ``config.yaml``.
+def check_resumable(saved_config: str | Path, cfg: Mapping[str, Any],
+                    defaults: Mapping[str, Any], may_differ: Iterable[str]) -> None:
+    """Refuse to continue a run with settings other than those it saved in ``saved_config``
+    (a run folder's ``config.yaml``).
 
     Finished parts of a run would otherwise be mixed with parts made under other settings.
-    Keys in ``may_differ`` (see :func:`mpcs.config.resume_conflicts`) may change. A folder
-    without ``config.yaml`` has nothing to compare and passes.
+    Keys in ``may_differ`` (see :func:`mpcs.config.resume_conflicts`) may change. A missing
+    file (a run that wrote nothing yet) has nothing to compare and passes.
     """
-    path = Path(run_dir) / "config.yaml"
+    path = Path(saved_config)
     try:
-        saved = yaml.safe_load(path.read_text())
+        saved = yaml_load(path.read_text())
     except FileNotFoundError:
         return
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: cannot read the saved configuration of the run to resume "
                           f"({exc}); resume needs it to check the settings") from None
-    conflicts = resume_conflicts(saved if isinstance(saved, Mapping) else {}, cfg, defaults,
-                                 may_differ)
+    if not isinstance(saved, Mapping):
+        raise ConfigError(f"{path}: the saved configuration of the run to resume is not a "
+                          f"mapping of settings (it holds {type(saved).__name__}); resume "
+                          f"needs it to check the settings. Start a new run in another folder.")
+    conflicts = resume_conflicts(saved, cfg, defaults, may_differ)
     if conflicts:
         raise ConfigError(
             f"{path}: the run was started with other settings; refusing to resume, since its "

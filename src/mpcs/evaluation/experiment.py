@@ -9,10 +9,12 @@ For every fold of a patient-level split (``OUT/splits.json``):
    validation part and testing once on its test part
    (``OUT/fold<k>/<method>/<magnification>/lf<fraction>``).
 
-Every finished cell holds ``test_metrics.json``; ``--resume`` skips those and redoes the
-interrupted one. A failed cell is reported in ``OUT/failures.jsonl`` and does not stop the
-others. Before anything trains, the runner refuses a split in which a patient is in two parts
-of a fold, and a pre-training run whose images include a validation or test patient.
+Every finished cell holds ``cell.json`` (written last); ``--resume`` skips those and redoes
+an interrupted one. It refuses settings that would change finished cells (those of the grid,
+the resolved fine-tuning configuration, each finished pre-training run's). A failed cell is
+reported in ``OUT/failures.jsonl`` and does not stop the others. Before anything trains, the
+runner refuses a split in which a patient is in two parts of a fold, and a pre-training run
+whose images include a validation or test patient.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from typing import Any
 
 import pandas as pd
 
-from mpcs.config import EXPERIMENT_DEFAULTS, resolve
+from mpcs.config import (
+    EXPERIMENT_DEFAULTS,
+    FINETUNE_DEFAULTS,
+    PRETRAIN_DEFAULTS,
+    dump,
+    resolve,
+)
 from mpcs.data.breakhis import scan_breakhis
 from mpcs.data.cache import default_cache_dir, load_images
 from mpcs.data.pairs import MAGNIFICATIONS
@@ -47,7 +55,15 @@ BASELINE_NAMES = {"imagenet": "ImageNet", "none": "Random init"}
 #: Settings that may change on ``--resume``: they only choose which cells exist. Any other
 #: change would leave finished cells made under the old settings beside new ones.
 RESUME_MAY_DIFFER = ("name", "description", "methods", "magnifications", "label_fractions",
-                     "keep_checkpoints")
+                     "keep_checkpoints",
+                     # compared as the configurations they resolve to (resolved_finetune_config,
+                     # and each finished pre-training run's config.yaml), not as text
+                     "pretrain_preset", "pretrain_overrides", "finetune_preset",
+                     "finetune_overrides")
+#: Fine-tuning settings that may change on ``--resume`` (where and how fast, not what).
+FINETUNE_RESUME_MAY_DIFFER = ("name", "description", "data.cache_dir", "data.use_cache",
+                              "train.device", "train.threads", "train.eval_batch_size")
+FINETUNE_CONFIG = "finetune_config.yaml"
 
 
 def cell_dir(out: Path, fold: int, method: str, magnification: str, fraction: float) -> Path:
@@ -71,6 +87,27 @@ def load_or_make_splits(cfg: Mapping[str, Any], table: pd.DataFrame, out: Path,
                          label_fractions=cfg["label_fractions"], **make)
     splits.save(path)
     return splits
+
+
+def resolved_finetune_config(cfg: Mapping[str, Any], out: Path, resume: bool
+                             ) -> dict[str, Any]:
+    """The grid's fine-tuning configuration (preset + overrides + seed), saved as
+    ``OUT/finetune_config.yaml``; on ``resume`` checked against the saved one first, so that
+    a changed preset file or override cannot mix with finished cells."""
+    fcfg = resolve(preset=cfg["finetune_preset"], kind="finetune",
+                   overrides=[*cfg["finetune_overrides"], f"seed={cfg['seed']}"])
+    path = out / FINETUNE_CONFIG
+    if resume:
+        check_resumable(path, fcfg, FINETUNE_DEFAULTS, FINETUNE_RESUME_MAY_DIFFER)
+    atomic_write_text(path, dump(fcfg))
+    return fcfg
+
+
+def check_finished_pretraining(run: Path, pcfg: Mapping[str, Any]) -> None:
+    """A finished pre-training run reused on ``--resume`` must have been made with ``pcfg``."""
+    from mpcs.engine.pretrain import RESUME_MAY_DIFFER as PRETRAIN_MAY_DIFFER
+
+    check_resumable(run / "config.yaml", pcfg, PRETRAIN_DEFAULTS, PRETRAIN_MAY_DIFFER)
 
 
 def _guard_pretraining(run: Path, fold_train: Sequence[str], fold: int) -> None:
@@ -104,10 +141,13 @@ def _pretrain_fold(cfg: Mapping[str, Any], data: Path, out: Path, splits: Splits
             f"data.patients={sorted(train_patients)}"])
         done, last = run / "done.json", run / "checkpoints" / "last.pt"
         finished = resume and done.exists()
+        if finished:
+            check_finished_pretraining(run, pcfg)
         if finished and not last.exists() and needed(STRATEGY_NAMES[strategy]):
-            log.info("fold %d: %s's pre-training checkpoint was removed (keep_checkpoints); "
-                     "pre-training again for the cells still to run", fold,
-                     STRATEGY_NAMES[strategy])
+            log.warning("fold %d: %s's pre-training checkpoint was removed (keep_checkpoints="
+                        "fold0); pre-training it again for the cells still to run. The new "
+                        "encoder equals the removed one only where training is deterministic "
+                        "(CPU, same versions)", fold, STRATEGY_NAMES[strategy])
             finished = False
         if not finished:
             log.info("fold %d: pre-training %s", fold, STRATEGY_NAMES[strategy])
@@ -223,20 +263,19 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                           "choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     if resume:
-        check_resumable(out, cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
+        check_resumable(out / "config.yaml", cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
     write_run_info(out, cfg, {"data": str(data)}, resume=resume)
     manifest = scan_breakhis(data)
     splits = load_or_make_splits(cfg, manifest, out)
     check_splits(splits, manifest)
-    fcfg = resolve(preset=cfg["finetune_preset"], kind="finetune",
-                   overrides=[*cfg["finetune_overrides"], f"seed={cfg['seed']}"])
+    fcfg = resolved_finetune_config(cfg, out, resume)
     rows = []
     for fold in range(cfg["folds"]):
         train_patients = splits.fold(fold).train
         inits = {BASELINE_NAMES[cfg["baseline"]]: (cfg["baseline"], fcfg["model"]["encoder"])}
         def needed(method: str, fold: int = fold) -> bool:
             return any(not (cell_dir(out, fold, method, mag, fraction)
-                            / "test_metrics.json").exists()
+                            / "cell.json").exists()
                        for mag in cfg["magnifications"] for fraction in cfg["label_fractions"])
 
         inits.update(_pretrain_fold(cfg, data, out, splits, fold, train_patients, resume,
@@ -247,7 +286,7 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                     cell = cell_dir(out, fold, method, mag, fraction)
                     key = {"fold": fold, "method": method, "magnification": mag,
                            "label_fraction": fraction}
-                    if resume and (cell / "test_metrics.json").exists():
+                    if resume and (cell / "cell.json").exists():
                         rows.append({**key, "cell": str(cell), "status": "skipped (done)"})
                         continue
                     with recorded_cell(out, cell, key, rows):

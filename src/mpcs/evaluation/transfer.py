@@ -59,9 +59,11 @@ from mpcs.engine.runinfo import atomic_write_text, check_resumable, write_run_in
 from mpcs.errors import ConfigError, DataError
 from mpcs.evaluation.experiment import (
     RESUME_MAY_DIFFER,
+    check_finished_pretraining,
     drop_checkpoints,
     load_or_make_splits,
     recorded_cell,
+    resolved_finetune_config,
 )
 from mpcs.evaluation.stats import format_mean_std
 
@@ -153,6 +155,11 @@ def _checkpoints_of(entry: str, fold: int) -> list[Path]:
     found = sorted((p / f"fold{fold}").glob("pretrain-*/checkpoints/last.pt"))
     if found:
         return found
+    if list((p / f"fold{fold}").glob("pretrain-*/done.json")):
+        raise ConfigError(f"transfer.pretrained: the pre-training checkpoints of {p}/fold{fold} "
+                          "were removed when the experiment finished (keep_checkpoints=fold0); "
+                          "use transfer.pretrain_fold=0, or an experiment run with "
+                          "keep_checkpoints=all")
     raise ConfigError(f"transfer.pretrained: {p} is neither a checkpoint, a pre-training run "
                       f"(checkpoints/last.pt) nor an experiment folder with fold{fold}/"
                       "pretrain-*/checkpoints/last.pt")
@@ -206,7 +213,9 @@ def _pretrain_on_breakhis(cfg: Mapping[str, Any], strategy: str, out: Path, resu
     pcfg = resolve(preset=cfg["pretrain_preset"], overrides=[
         *cfg["pretrain_overrides"], f"pairs.strategy={strategy}", f"seed={cfg['seed']}"])
     done = run / "done.json"
-    if not (resume and done.exists()):
+    if resume and done.exists():
+        check_finished_pretraining(run, pcfg)
+    else:
         log.info("pre-training %s on %s", STRATEGY_NAMES[strategy],
                  cfg["transfer"]["pretrain_data"])
         summary = pretrain(pcfg, cfg["transfer"]["pretrain_data"], run, resume=resume,
@@ -353,7 +362,7 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
     ds = DATASETS[cfg["dataset"]]
     out.mkdir(parents=True, exist_ok=True)
     if resume:
-        check_resumable(out, cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
+        check_resumable(out / "config.yaml", cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
     write_run_info(out, cfg, {"data": str(data)}, resume=resume)
     atomic_write_text(out / MARKER, json.dumps({"dataset": ds.name, "classes": list(ds.classes),
                                                 "positive": ds.positive}, indent=1))
@@ -362,8 +371,7 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                                  val_fraction_of_rest=cfg["transfer"]["val_fraction"],
                                  stratify="label", fraction_by_magnification=False)
     check_splits(splits, images)
-    fcfg = resolve(preset=cfg["finetune_preset"], kind="finetune",
-                   overrides=[*cfg["finetune_overrides"], f"seed={cfg['seed']}"])
+    fcfg = resolved_finetune_config(cfg, out, resume)
     patches = _patch_table(cfg, fcfg, images, out, progress)
     inits = resolve_inits(cfg, fcfg, out, resume, progress)
     cache = (str(fcfg["data"]["cache_dir"] or default_cache_dir())
