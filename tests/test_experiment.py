@@ -68,7 +68,9 @@ def test_grid_runs_resumes_and_reports(ten_patients: Path, tmp_path: Path,
 
     # Settings that shape the finished cells may not change on --resume (they would be mixed
     # with cells made under the new ones), wherever they come from; the cells chosen, and
-    # where or how fast they run, may.
+    # where or how fast they run, may. A refused resume writes nothing.
+    records = {name: (out / name).read_text()
+               for name in ("config.yaml", "run.json", exp_mod.FINETUNE_CONFIG)}
     for extra, saved_in, key in (
             ({"cross_magnification": "false"}, "config.yaml", "cross_magnification"),
             ({"finetune_overrides": [*FINETUNE_TINY, "linear.lr=0.5"]},
@@ -79,6 +81,7 @@ def test_grid_runs_resumes_and_reports(ten_patients: Path, tmp_path: Path,
             run_experiment(tiny_experiment(**{"cross_magnification": "true", **extra}),
                            ten_patients, out, resume=True, progress=False)
         assert str(out / saved_in) in str(err.value)
+        assert {name: (out / name).read_text() for name in records} == records
     # a preset file edited since (here: the saved resolved configuration) is caught too
     saved = out / exp_mod.FINETUNE_CONFIG
     saved.write_text(saved.read_text().replace("dropout: 0.3", "dropout: 0.5"))

@@ -59,6 +59,14 @@ def _check(images_per_class: int, size: Sequence[int]) -> None:
         raise ConfigError(f"image size must be WIDTHxHEIGHT of at least 16 pixels, got {size}")
 
 
+def _settings(dataset: str, images_per_class: int, image_size: Sequence[int],
+              seed: int) -> dict:
+    """Checked arguments of a writer, as recorded in (and compared with) its marker file."""
+    _check(images_per_class, image_size)
+    return {"generator": "mpcs.synth_transfer/1", "dataset": dataset,
+            "images_per_class": images_per_class, "image_size": list(image_size), "seed": seed}
+
+
 def _marker_matches(root: Path, wanted: dict) -> bool:
     marker = root / _MARKER
     if not marker.exists():
@@ -85,10 +93,8 @@ def write_bach(out: str | Path, images_per_class: int = 4,
                image_size: tuple[int, int] = BACH_IMAGE_SIZE, seed: int = 0,
                progress: bool = True) -> Path:
     """Write a synthetic BACH set; returns ``OUT/ICIAR2018_BACH_Challenge``."""
-    _check(images_per_class, image_size)
+    wanted = _settings("bach", images_per_class, image_size, seed)
     root = Path(out) / "ICIAR2018_BACH_Challenge"
-    wanted = {"generator": "mpcs.synth_transfer/1", "dataset": "bach",
-              "images_per_class": images_per_class, "image_size": list(image_size), "seed": seed}
     if _marker_matches(root, wanted):
         return root
     photos = root / "Photos"
@@ -109,10 +115,8 @@ def write_bcc(out: str | Path, images_per_class: int = 6,
               progress: bool = True) -> Path:
     """Write a synthetic BCC set; returns ``OUT/bcc``. Images come in tissue-microarray
     groups of up to three per class, named as the UCSB files."""
-    _check(images_per_class, image_size)
+    wanted = _settings("bcc", images_per_class, image_size, seed)
     root = Path(out) / "bcc"
-    wanted = {"generator": "mpcs.synth_transfer/1", "dataset": "bcc",
-              "images_per_class": images_per_class, "image_size": list(image_size), "seed": seed}
     if _marker_matches(root, wanted):
         return root
     jobs = []

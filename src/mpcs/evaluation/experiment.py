@@ -91,23 +91,42 @@ def load_or_make_splits(cfg: Mapping[str, Any], table: pd.DataFrame, out: Path,
 
 def resolved_finetune_config(cfg: Mapping[str, Any], out: Path, resume: bool
                              ) -> dict[str, Any]:
-    """The grid's fine-tuning configuration (preset + overrides + seed), saved as
-    ``OUT/finetune_config.yaml``; on ``resume`` checked against the saved one first, so that
-    a changed preset file or override cannot mix with finished cells."""
+    """The grid's fine-tuning configuration (preset + overrides + seed); on ``resume``
+    checked against the saved ``OUT/finetune_config.yaml`` (written by
+    :func:`record_start`), so that a changed preset file or override cannot mix with
+    finished cells."""
     fcfg = resolve(preset=cfg["finetune_preset"], kind="finetune",
                    overrides=[*cfg["finetune_overrides"], f"seed={cfg['seed']}"])
-    path = out / FINETUNE_CONFIG
     if resume:
-        check_resumable(path, fcfg, FINETUNE_DEFAULTS, FINETUNE_RESUME_MAY_DIFFER)
-    atomic_write_text(path, dump(fcfg))
+        check_resumable(out / FINETUNE_CONFIG, fcfg, FINETUNE_DEFAULTS,
+                        FINETUNE_RESUME_MAY_DIFFER)
     return fcfg
+
+
+def record_start(out: Path, cfg: Mapping[str, Any], fcfg: Mapping[str, Any], data: Path,
+                 resume: bool) -> None:
+    """``config.yaml``, ``run.json`` and ``finetune_config.yaml`` of the grid; called once
+    every resume check has passed, so that a refused resume changes nothing."""
+    write_run_info(out, cfg, {"data": str(data)}, resume=resume)
+    atomic_write_text(out / FINETUNE_CONFIG, dump(fcfg))
+
+
+def pretrain_config(cfg: Mapping[str, Any], strategy: str,
+                    patients: Sequence[str] | None = None) -> dict[str, Any]:
+    """The pre-training configuration of one pair strategy of the grid (restricted to
+    ``patients`` where given: a fold's training part)."""
+    extra = [] if patients is None else [f"data.patients={sorted(patients)}"]
+    return resolve(preset=cfg["pretrain_preset"], overrides=[
+        *cfg["pretrain_overrides"], f"pairs.strategy={strategy}", f"seed={cfg['seed']}",
+        *extra])
 
 
 def check_finished_pretraining(run: Path, pcfg: Mapping[str, Any]) -> None:
     """A finished pre-training run reused on ``--resume`` must have been made with ``pcfg``."""
     from mpcs.engine.pretrain import RESUME_MAY_DIFFER as PRETRAIN_MAY_DIFFER
 
-    check_resumable(run / "config.yaml", pcfg, PRETRAIN_DEFAULTS, PRETRAIN_MAY_DIFFER)
+    if (run / "done.json").exists():
+        check_resumable(run / "config.yaml", pcfg, PRETRAIN_DEFAULTS, PRETRAIN_MAY_DIFFER)
 
 
 def _guard_pretraining(run: Path, fold_train: Sequence[str], fold: int) -> None:
@@ -136,13 +155,9 @@ def _pretrain_fold(cfg: Mapping[str, Any], data: Path, out: Path, splits: Splits
                         f"{', '.join(leaked[:10])}")
     for strategy in cfg["methods"]:
         run = out / f"fold{fold}" / f"pretrain-{strategy}"
-        pcfg = resolve(preset=cfg["pretrain_preset"], overrides=[
-            *cfg["pretrain_overrides"], f"pairs.strategy={strategy}", f"seed={cfg['seed']}",
-            f"data.patients={sorted(train_patients)}"])
+        pcfg = pretrain_config(cfg, strategy, train_patients)
         done, last = run / "done.json", run / "checkpoints" / "last.pt"
-        finished = resume and done.exists()
-        if finished:
-            check_finished_pretraining(run, pcfg)
+        finished = resume and done.exists()  # its settings were checked before the grid ran
         if finished and not last.exists() and needed(STRATEGY_NAMES[strategy]):
             log.warning("fold %d: %s's pre-training checkpoint was removed (keep_checkpoints="
                         "fold0); pre-training it again for the cells still to run. The new "
@@ -264,15 +279,22 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         check_resumable(out / "config.yaml", cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
-    write_run_info(out, cfg, {"data": str(data)}, resume=resume)
+    fcfg = resolved_finetune_config(cfg, out, resume)
     manifest = scan_breakhis(data)
     splits = load_or_make_splits(cfg, manifest, out)
     check_splits(splits, manifest)
-    fcfg = resolved_finetune_config(cfg, out, resume)
+    if resume:
+        for fold in range(cfg["folds"]):
+            for strategy in cfg["methods"]:
+                check_finished_pretraining(out / f"fold{fold}" / f"pretrain-{strategy}",
+                                           pretrain_config(cfg, strategy,
+                                                           splits.fold(fold).train))
+    record_start(out, cfg, fcfg, data, resume)
     rows = []
     for fold in range(cfg["folds"]):
         train_patients = splits.fold(fold).train
         inits = {BASELINE_NAMES[cfg["baseline"]]: (cfg["baseline"], fcfg["model"]["encoder"])}
+
         def needed(method: str, fold: int = fold) -> bool:
             return any(not (cell_dir(out, fold, method, mag, fraction)
                             / "cell.json").exists()

@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import precision_recall_fscore_support
 
-from mpcs.config import EXPERIMENT_DEFAULTS, resolve
+from mpcs.config import EXPERIMENT_DEFAULTS
 from mpcs.data.bach import BACH_CLASSES, scan_bach
 from mpcs.data.bcc import BCC_CLASSES, scan_bcc
 from mpcs.data.cache import default_cache_dir, load_images
@@ -55,13 +55,17 @@ from mpcs.data.splits import check_splits
 from mpcs.data.stain import build_normaliser
 from mpcs.engine.checkpoint import load_checkpoint
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
-from mpcs.engine.runinfo import atomic_write_text, check_resumable, write_run_info
+from mpcs.engine.runinfo import atomic_write_text, check_resumable
 from mpcs.errors import ConfigError, DataError
 from mpcs.evaluation.experiment import (
+    BASELINE_NAMES,
     RESUME_MAY_DIFFER,
+    STRATEGY_NAMES,
     check_finished_pretraining,
     drop_checkpoints,
     load_or_make_splits,
+    pretrain_config,
+    record_start,
     recorded_cell,
     resolved_finetune_config,
 )
@@ -69,9 +73,6 @@ from mpcs.evaluation.stats import format_mean_std
 
 log = logging.getLogger(__name__)
 
-STRATEGY_NAMES = {"fixed": "MPCS-FP", "ordered": "MPCS-OP", "random": "MPCS-RP",
-                  "fp": "MPCS-FP", "op": "MPCS-OP", "rp": "MPCS-RP"}
-BASELINE_NAMES = {"imagenet": "ImageNet", "none": "Random init"}
 MARKER = "transfer.json"
 LEVELS = ("patch", "image")
 METRICS = ("accuracy", "precision", "recall", "f1")
@@ -210,12 +211,9 @@ def _pretrain_on_breakhis(cfg: Mapping[str, Any], strategy: str, out: Path, resu
     from mpcs.engine.pretrain import pretrain
 
     run = out / f"pretrain-{strategy}"
-    pcfg = resolve(preset=cfg["pretrain_preset"], overrides=[
-        *cfg["pretrain_overrides"], f"pairs.strategy={strategy}", f"seed={cfg['seed']}"])
+    pcfg = pretrain_config(cfg, strategy)
     done = run / "done.json"
-    if resume and done.exists():
-        check_finished_pretraining(run, pcfg)
-    else:
+    if not (resume and done.exists()):  # a finished run's settings were checked at the start
         log.info("pre-training %s on %s", STRATEGY_NAMES[strategy],
                  cfg["transfer"]["pretrain_data"])
         summary = pretrain(pcfg, cfg["transfer"]["pretrain_data"], run, resume=resume,
@@ -363,15 +361,18 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         check_resumable(out / "config.yaml", cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
-    write_run_info(out, cfg, {"data": str(data)}, resume=resume)
-    atomic_write_text(out / MARKER, json.dumps({"dataset": ds.name, "classes": list(ds.classes),
-                                                "positive": ds.positive}, indent=1))
+        for strategy in cfg["methods"]:
+            check_finished_pretraining(out / f"pretrain-{strategy}",
+                                       pretrain_config(cfg, strategy))
+    fcfg = resolved_finetune_config(cfg, out, resume)
     images = ds.scan(data)
     splits = load_or_make_splits(cfg, images, out,
                                  val_fraction_of_rest=cfg["transfer"]["val_fraction"],
                                  stratify="label", fraction_by_magnification=False)
     check_splits(splits, images)
-    fcfg = resolved_finetune_config(cfg, out, resume)
+    record_start(out, cfg, fcfg, data, resume)
+    atomic_write_text(out / MARKER, json.dumps({"dataset": ds.name, "classes": list(ds.classes),
+                                                "positive": ds.positive}, indent=1))
     patches = _patch_table(cfg, fcfg, images, out, progress)
     inits = resolve_inits(cfg, fcfg, out, resume, progress)
     cache = (str(fcfg["data"]["cache_dir"] or default_cache_dir())
