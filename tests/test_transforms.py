@@ -446,5 +446,7 @@ def test_cpu_chunks_on_a_helper_thread_give_the_same_result() -> None:
         torch.set_num_threads(before)
         T.CPU_CHUNK_PIXELS = chunk
     assert torch.get_num_threads() == before
-    torch.testing.assert_close(threaded, whole, atol=1e-6, rtol=0)
-    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+    # Normalised values reach about 2.6: float rounding of a different chunking or thread
+    # count moves them by a few ulps (1.07e-6 seen on a 2-core VM).
+    torch.testing.assert_close(threaded, whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
