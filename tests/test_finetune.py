@@ -300,6 +300,21 @@ def test_model_selection_uses_val_only_and_tests_once(parts, tmp_path, monkeypat
     assert meta["epoch"] == 2
 
 
+def test_min_steps_keeps_a_small_set_training_past_its_patience(parts, tmp_path,
+                                                                monkeypatch) -> None:
+    # The same val scores as above stop at epoch 4 with patience 2; train.min_steps=20 at 4
+    # steps per epoch (16 training images, batch 4) needs 5 epochs: the budget of 3 epochs
+    # grows to 5 and early stopping waits for step 20.
+    train, val, test = parts
+    calls = _spy_evaluate(monkeypatch, script=[0.5, 0.9, 0.7, 0.6, 0.95, 0.99])
+    cfg = tiny_cfg("train.epochs=3", "train.patience=2", "train.min_steps=20")
+    summary = finetune(cfg, train, val, test, tmp_path, init="none", progress=False)
+    assert [n for n, _ in calls] == ["val"] * 5 + ["test"]
+    assert summary["epochs_run"] == 5 and summary["selected_epoch"] == 5
+    assert not summary["stopped_early"]
+    assert ft.epoch_budget(3, 20, 4) == 5 and ft.epoch_budget(30, 20, 4) == 30
+
+
 def test_selection_by_val_loss_matches_metrics(parts, tmp_path, monkeypatch) -> None:
     train, val, test = parts
     calls = _spy_evaluate(monkeypatch)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mpcs.config import resolve
 from mpcs.errors import CheckpointError, ConfigError
 from mpcs.models import (
     MPCSModel,
@@ -304,3 +305,35 @@ def test_mpcs_model_forward_and_mismatch() -> None:
     assert (default.head.hidden_dims, default.head.out_dim) == ((1280,), 128)
     with pytest.raises(ConfigError, match="does not match"):
         MPCSModel(model.encoder, ProjectionHead(1000, [8], 4))
+
+
+def test_frozen_stages_keep_their_weights_and_statistics() -> None:
+    torch.manual_seed(0)
+    model = create_mpcs_model("resnet18", weights="none", head_hidden=[16], head_out=8,
+                              frozen_stages=2)  # the stem and layer1
+    enc = model.encoder
+    frozen = {n: p.detach().clone() for n, p in enc.model.named_parameters()
+              if n.startswith(("conv1", "bn1", "layer1"))}
+    assert frozen and all(not p.requires_grad for n, p in enc.model.named_parameters()
+                          if n in frozen)
+    assert all(p.requires_grad for n, p in enc.model.named_parameters() if n not in frozen)
+    stats = enc.model.bn1.running_mean.clone()
+    later = enc.model.layer2[0].bn1.running_mean.clone()
+    model.train()
+    assert not enc.model.bn1.training and enc.model.layer2[0].bn1.training
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    _, z = model(torch.rand(4, 3, 32, 32) * 3)
+    z.pow(2).mean().backward()
+    opt.step()
+    for name, p in enc.model.named_parameters():
+        if name in frozen:
+            assert torch.equal(p, frozen[name]), name
+    assert torch.equal(enc.model.bn1.running_mean, stats)
+    assert not torch.equal(enc.model.layer2[0].bn1.running_mean, later)
+
+
+def test_frozen_stages_are_checked() -> None:
+    with pytest.raises(ConfigError, match="would freeze all"):
+        create_mpcs_model("resnet18", weights="none", frozen_stages=6)
+    with pytest.raises(ConfigError, match="frozen_stages must be >= 0"):
+        resolve(overrides=["model.frozen_stages=-1"])

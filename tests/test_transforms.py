@@ -107,7 +107,7 @@ def test_independent_view_parameters_would_be_detected() -> None:
     x = img.expand(n, 3, 24, 24).clone()
     aug = UniformPairAugment(GEOMETRY_ONLY, input_size=20, **IDENTITY_NORM)
     p = sample_params(GEOMETRY_ONLY, n, gen(5))
-    q = PairParams(**{k: v.roll(1, 0) for k, v in vars(p).items()})
+    q = PairParams(**{k: None if v is None else v.roll(1, 0) for k, v in vars(p).items()})
     out1, out2 = aug.apply(x, p), aug.apply(1.0 - x, q)
     assert not torch.allclose(out2, 1.0 - out1, atol=1e-3)
 

@@ -89,10 +89,14 @@ def test_list_images_patients_from_folders_or_stems(tmp_path: Path) -> None:
         list_images(tmp_path / "empty")
 
 
-def test_list_images_of_breakhis_takes_40x(tiny_breakhis: Path) -> None:
-    table = list_images(tiny_breakhis)
+def test_list_images_of_breakhis_takes_each_patients_lowest_magnification(
+        tiny_breakhis: Path) -> None:
+    table = list_images(tiny_breakhis)  # the default: every patient has 40X here
     assert len(table) == 12 and all("-40-" in Path(p).name for p in table["path"])
     assert table["patient_id"].nunique() == 4
+    assert len(list_images(tiny_breakhis, "all")) == 48
+    only = list_images(tiny_breakhis, "200X")
+    assert len(only) == 12 and all("-200-" in Path(p).name for p in only["path"])
 
 
 def test_zoom_pair_data_bad_image_policy(tmp_path: Path) -> None:

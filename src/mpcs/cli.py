@@ -311,6 +311,24 @@ def cmd_tsne(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_real_probe(args: argparse.Namespace) -> int:
+    from mpcs.evaluation.real_probe import (
+        ProbeSettings,
+        default_variants,
+        parse_variant,
+        run_real_probe,
+    )
+
+    settings = ProbeSettings(magnification=args.magnification, folds=args.folds,
+                             repeats=args.repeats, encoder=args.encoder,
+                             input_size=args.input_size, seed=args.seed)
+    variants = [parse_variant(v) for v in args.variant] if args.variant else default_variants()
+    run_real_probe(args.data, args.out, settings, variants,
+                   keep_checkpoints=args.keep_checkpoints, progress=not args.quiet)
+    print((Path(args.out) / "summary.md").read_text(), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mpcs", description="Magnification Prior Contrastive Similarity (WACV 2023): "
@@ -440,6 +458,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="skip finished cells")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_experiment)
+
+    s = sub.add_parser("real-probe", help="does pre-training help on your images? Frozen "
+                       "linear-probe ILA/PLA of random init, ImageNet and MPCS (pre-trained "
+                       "per fold without the fold's test patients) over repeated "
+                       "patient-level folds of a BreakHis-layout folder")
+    s.add_argument("--data", required=True, help="a BreakHis-layout folder")
+    s.add_argument("--out", required=True, help="output folder (a second call continues)")
+    s.add_argument("--magnification", default="100X", choices=["40X", "100X", "200X", "400X"],
+                   help="the labelled images the probe is trained and tested on")
+    s.add_argument("--folds", type=int, default=5)
+    s.add_argument("--repeats", type=int, default=3, help="reshuffled fold sets")
+    s.add_argument("--encoder", default="tf_efficientnet_lite0")
+    s.add_argument("--input-size", type=int, default=160)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--variant", action="append", metavar="NAME=SPEC",
+                   help="NAME=none, NAME=imagenet or NAME=PRESET[,key=value,...] (an MPCS "
+                   "pre-training preset and overrides); repeat. Default: random init, "
+                   "imagenet, and MPCS with the preset real-zoom-lite0")
+    s.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each fold's pre-training checkpoints (default: features only)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_real_probe)
 
     s = sub.add_parser("report", help="results.csv, report.md and a self-contained "
                        "report.html (tables, curves, t-SNE, Grad-CAM) of an experiment folder")

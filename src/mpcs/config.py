@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -63,8 +64,13 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
         # Where pairs come from: breakhis (the four magnifications of a BreakHis-layout
         # folder) | zoom (any folder of single-scale images, synthetic magnification by
         # nested crops) | wsi (whole-slide images, read at any scale; section "wsi").
+        # A list (e.g. [breakhis, zoom]) trains on several sources of the folder in one run,
+        # each taking source_weights' share of an epoch (null: in proportion to its samples).
         "source": "breakhis",
+        "source_weights": None,
         "zoom_base_size": 0,     # zoom: side of the decoded base image; 0 = input_size x max scale
+        # zoom on a BreakHis tree: all | lowest (each patient's lowest magnification) | 40X..400X
+        "zoom_magnification": "lowest",
         "cache_dir": None,       # None: $MPCS_CACHE or ~/.cache/mpcs
         "use_cache": True,
         "on_bad_image": "error",  # error | skip (skipped files: RUN/skipped_images.csv)
@@ -81,11 +87,20 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
         "head_hidden": [1024],
         "head_out": 128,
         "channels_last": True,
+        # leading encoder stages (timm's coarse groups: 1 = the stem, then block groups)
+        # kept as initialised: no gradient, normalisation statistics frozen
+        "frozen_stages": 0,
+        # every encoder BatchNorm layer in eval mode while training (the initialisation's
+        # running statistics, never updated; affine weights still train)
+        "frozen_norm": False,
     },
     # strategy continuous: relative magnifications log-uniform in scale_range whose ratio is
     # at least min_ratio (sources zoom and wsi); log_scales writes RUN/pair_scales.csv.
+    # complete_only: pair only samples at all four magnifications (the paper); false: every
+    # sample with the magnifications its strategy needs (fixed: 200X+400X; ordered: one with
+    # its successor; random: any two), pairs drawn among the ones it has.
     "pairs": {"strategy": "ordered", "scale_range": [1.0, 10.0], "min_ratio": 1.25,
-              "log_scales": False},
+              "log_scales": False, "complete_only": True},
     "ssl": {
         "predictor_hidden": 512,      # byol/simsiam: hidden size of the predictor MLP
         "momentum": 0.99,             # byol: target EMA momentum at step 0 (cosine to 1)
@@ -105,9 +120,12 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
     # the training patients' images are the labelled reference bank.
     "monitor": {"knn_every": 0, "knn_k": 20, "knn_temperature": 0.07, "val_patients": None,
                 "knn_magnification": "all"},
+    # The uniform transformation T_U (mpcs.data.transforms). hed: H&E stain jitter strength
+    # (0 = off); per_view_colour: colour and stain jitter drawn per view, geometry per pair.
     "augment": {
         "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1,
         "hflip": 0.5, "vflip": 0.5, "rot90": True, "rotation_degrees": 15.0, "translate": 0.05,
+        "hed": 0.0, "per_view_colour": False,
     },
     "loss": {"temperature": 0.01},
     "optim": {
@@ -141,6 +159,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
 # Keys whose default is None accept these types.
 _NULLABLE_TYPES: dict[str, tuple[type, ...]] = {
     "data.patients": (list,),
+    "data.source_weights": (list,),
     "data.cache_dir": (str,),
     "optim.lr_biases": (float, int),
     "wsi.assume_mpp": (float, int),
@@ -154,6 +173,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "pairs.strategy": ("fixed", "ordered", "random", "fp", "op", "rp", "continuous"),
     "method": ("mpcs", "simclr", "byol", "simsiam", "barlow_twins", "vicreg"),
     "data.source": ("breakhis", "zoom", "wsi"),
+    "data.zoom_magnification": ("all", "lowest", "40X", "100X", "200X", "400X"),
     "monitor.knn_magnification": ("all", "40X", "100X", "200X", "400X"),
     "optim.name": ("adam", "adamw", "sgd", "lars"),
     "schedule.name": ("cosine", "constant"),
@@ -168,6 +188,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "transfer.stain_norm": ("none", "reinhard", "macenko"),
     "transfer.tta": ("none", "flips", "dihedral"),
 }
+
+#: Keys that also take a list of their choices (several pair sources in one run).
+_LISTS_OF_CHOICES = ("data.source",)
 
 KINDS: tuple[str, ...] = ("pretrain", "finetune", "experiment")
 
@@ -203,6 +226,9 @@ FINETUNE_DEFAULTS: dict[str, Any] = {
         "epochs": 50,
         "batch_size": 32,
         "patience": 10,          # early stopping: epochs without a better val score; 0 = off
+        # at least this many optimiser steps: the epoch budget grows to reach them and early
+        # stopping waits for them (small training sets have few steps per epoch)
+        "min_steps": 0,
         "select_by": "val_ila",  # val_ila (val loss breaks ties) | val_loss (val ILA breaks ties)
         "eval_batch_size": 64,
         "device": "auto",
@@ -354,6 +380,9 @@ def _check_types(cfg: dict[str, Any], defaults: Mapping[str, Any], prefix: str =
             if default is None:
                 continue
             raise ConfigError(f"config key {path!r} must not be empty")
+        if path in _LISTS_OF_CHOICES and isinstance(value, list):
+            _check_choice_list(path, value)
+            continue
         if default is None:
             allowed = _NULLABLE_TYPES.get(path, (object,))
         elif isinstance(default, bool):
@@ -372,6 +401,14 @@ def _check_types(cfg: dict[str, Any], defaults: Mapping[str, Any], prefix: str =
         if path in _CHOICES and value not in _CHOICES[path]:
             raise ConfigError(f"config key {path!r} must be one of {', '.join(_CHOICES[path])}, "
                               f"got {value!r}")
+
+
+def _check_choice_list(path: str, value: list[Any]) -> None:
+    choices = _CHOICES[path]
+    bad = [v for v in value if v not in choices]
+    if not value or bad or len(set(value)) != len(value):
+        raise ConfigError(f"config key {path!r} must be one of {', '.join(choices)} or a list "
+                          f"of distinct ones, got {value!r}")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -421,6 +458,7 @@ def validate_pretrain(cfg: Mapping[str, Any]) -> None:
              f"data.prefetch must be >= 1, got {cfg['data']['prefetch']}")
     _check_optim_schedule_input(cfg)
     _require(cfg["model"]["head_out"] >= 1, "model.head_out must be >= 1")
+    _require(cfg["model"]["frozen_stages"] >= 0, "model.frozen_stages must be >= 0")
     _require(all(isinstance(d, int) and not isinstance(d, bool) and d >= 1
                  for d in cfg["model"]["head_hidden"]),
              f"model.head_hidden must be a list of positive ints, got "
@@ -444,14 +482,22 @@ def _check_ssl_sources(cfg: Mapping[str, Any]) -> None:
     _range_pair(ssl["simclr_crop_scale"], "ssl.simclr_crop_scale", 0.0, 1.0)
     lo, hi = _range_pair(p["scale_range"], "pairs.scale_range", 0.0, float("inf"))
     _require(p["min_ratio"] >= 1, f"pairs.min_ratio must be >= 1, got {p['min_ratio']}")
+    sources = d["source"] if isinstance(d["source"], list) else [d["source"]]
+    weights = d["source_weights"]
+    if weights is not None:
+        _require(len(sources) > 1 and len(weights) == len(sources) and all(
+            isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
+            and w > 0 for w in weights),
+            f"data.source_weights must be one number > 0 per source of a list data.source "
+            f"(got {weights!r} for data.source={d['source']!r})")
     if p["strategy"] == "continuous":
-        _require(d["source"] != "breakhis",
+        _require(sources != ["breakhis"],
                  "pairs.strategy=continuous needs data.source=zoom or wsi (a BreakHis folder "
                  "has only the four magnifications 40X..400X)")
         _require(hi / lo > p["min_ratio"],
                  f"pairs.scale_range {p['scale_range']} must span a ratio above "
                  f"pairs.min_ratio={p['min_ratio']}")
-    if d["source"] == "zoom":
+    if "zoom" in sources:
         _require(lo >= 1, f"data.source=zoom needs pairs.scale_range >= 1 (1 = the whole "
                  f"image), got {p['scale_range']}")
     _require(d["zoom_base_size"] >= 0, "data.zoom_base_size must be >= 0 (0 = automatic)")
@@ -489,6 +535,7 @@ def validate_finetune(cfg: Mapping[str, Any]) -> None:
     _require(t["eval_batch_size"] >= 1,
              f"train.eval_batch_size must be >= 1, got {t['eval_batch_size']}")
     _require(t["patience"] >= 0, f"train.patience must be >= 0 (0 = off), got {t['patience']}")
+    _require(t["min_steps"] >= 0, f"train.min_steps must be >= 0, got {t['min_steps']}")
     _require(0 <= o["momentum"] < 1, f"optim.momentum must be in [0, 1), got {o['momentum']}")
     _check_optim_schedule_input(cfg)
     _require(0 <= cfg["model"]["dropout"] < 1,

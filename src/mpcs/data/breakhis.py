@@ -46,6 +46,7 @@ __all__ = [
     "complete_samples",
     "find_breakhis_root",
     "format_summary",
+    "magnification_samples",
     "parse_filename",
     "scan_breakhis",
     "summarize",
@@ -519,6 +520,27 @@ def complete_samples(df: pd.DataFrame) -> pd.DataFrame:
     paths = paths.reindex(columns=list(MAGNIFICATIONS))
     paths.columns = [f"path_{mag}" for mag in MAGNIFICATIONS]
     info = subset.drop_duplicates("sample_key").set_index("sample_key")
+    table = info[["patient_id", "label", "subtype"]].join(paths)
+    table = table.sort_index().reset_index().rename(columns={"index": "sample_key"})
+    return table[columns].reset_index(drop=True)
+
+
+def magnification_samples(df: pd.DataFrame) -> pd.DataFrame:
+    """Every sample with the magnifications it has: one row per sample key, the columns of
+    :func:`complete_samples`, ``path_<mag>`` empty (None) where the sample lacks ``mag``.
+
+    Raises:
+        DataError: if a (sample_key, magnification) has more than one image, naming them.
+    """
+    columns = _sample_columns()
+    if df.empty:
+        return pd.DataFrame(columns=columns)
+    _check_unique_views(df)
+    paths = df.pivot(index="sample_key", columns="magnification", values="path")
+    paths = paths.reindex(columns=list(MAGNIFICATIONS)).astype(object)
+    paths = paths.where(paths.notna(), None)
+    paths.columns = [f"path_{mag}" for mag in MAGNIFICATIONS]
+    info = df.drop_duplicates("sample_key").set_index("sample_key")
     table = info[["patient_id", "label", "subtype"]].join(paths)
     table = table.sort_index().reset_index().rename(columns={"index": "sample_key"})
     return table[columns].reset_index(drop=True)

@@ -63,6 +63,28 @@ class PairSampler(ABC):
         first, second = self.sample(n, rng)
         return MAGNIFICATION_SCALES[first], MAGNIFICATION_SCALES[second]
 
+    def eligible(self, present: np.ndarray) -> np.ndarray:
+        """Which samples can give this strategy a pair: bool ``[n]`` from the magnifications
+        each sample has, bool ``[n, 4]`` (columns in :data:`MAGNIFICATIONS` order)."""
+        raise ConfigError(f"pair strategy {self.name!r} needs samples at all four "
+                          f"magnifications (pairs.complete_only=true)")
+
+    def sample_present(self, present: np.ndarray, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """Pairs for samples with only some magnifications: ``present`` bool ``[n, 4]`` (every
+        row :meth:`eligible`) -> two int64 arrays ``[n]`` of magnifications each row has."""
+        raise ConfigError(f"pair strategy {self.name!r} needs samples at all four "
+                          f"magnifications (pairs.complete_only=true)")
+
+
+def _uniform_choice(allowed: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One column index per row of bool ``[n, k]``, uniform among the row's True entries
+    (every row has one)."""
+    counts = allowed.sum(axis=1)
+    pick = np.floor(rng.random(len(allowed)) * counts).astype(np.int64)
+    # the (pick + 1)-th True entry of each row
+    return (np.cumsum(allowed, axis=1) <= pick[:, None]).sum(axis=1)
+
 
 class FixedPair(PairSampler):
     name = "fixed"
@@ -70,8 +92,18 @@ class FixedPair(PairSampler):
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return np.full(n, 2, dtype=np.int64), np.full(n, 3, dtype=np.int64)
 
+    def eligible(self, present: np.ndarray) -> np.ndarray:
+        return present[:, 2] & present[:, 3]
+
+    def sample_present(self, present: np.ndarray, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        return self.sample(len(present), rng)
+
 
 class OrderedPair(PairSampler):
+    """First magnification uniform, the second from the lookup table; a sample with only
+    some magnifications draws its first uniformly among those whose successor it has."""
+
     name = "ordered"
     _table = np.array([ORDERED_NEXT[i] for i in range(4)], dtype=np.int64)
 
@@ -79,8 +111,22 @@ class OrderedPair(PairSampler):
         first = rng.integers(0, 4, n, dtype=np.int64)
         return first, self._table[first]
 
+    def _starts(self, present: np.ndarray) -> np.ndarray:
+        return present & present[:, self._table]
+
+    def eligible(self, present: np.ndarray) -> np.ndarray:
+        return self._starts(present).any(axis=1)
+
+    def sample_present(self, present: np.ndarray, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        first = _uniform_choice(self._starts(present), rng)
+        return first, self._table[first]
+
 
 class RandomPair(PairSampler):
+    """Two distinct magnifications, uniform; for a sample with only some magnifications,
+    uniform among those it has."""
+
     name = "random"
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -88,6 +134,16 @@ class RandomPair(PairSampler):
         # Uniform over the three other magnifications: shift by 1..3 modulo 4.
         second = (first + rng.integers(1, 4, n, dtype=np.int64)) % 4
         return first, second
+
+    def eligible(self, present: np.ndarray) -> np.ndarray:
+        return present.sum(axis=1) >= 2
+
+    def sample_present(self, present: np.ndarray, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        first = _uniform_choice(present, rng)
+        rest = present.copy()
+        rest[np.arange(len(rest)), first] = False
+        return first, _uniform_choice(rest, rng)
 
 
 class ContinuousPair(PairSampler):
@@ -173,6 +229,14 @@ class SameImagePair:
         first = rng.integers(0, 4, n, dtype=np.int64)
         return first, first.copy()
 
+    def eligible(self, present: np.ndarray) -> np.ndarray:
+        return present.any(axis=1)
+
+    def sample_present(self, present: np.ndarray, rng: np.random.Generator
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        first = _uniform_choice(present, rng)
+        return first, first.copy()
+
 
 class ScaleViewSampler:
     """Pairs for sources read at any scale (zoom, whole slides): two float arrays
@@ -209,3 +273,50 @@ def scales_of(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.nda
             return x[:, 0].astype(np.float64)
         return MAGNIFICATION_SCALES[x.astype(np.int64)]
     return one(first), one(second)
+
+
+class RowSampler:
+    """What the training loop draws each epoch for a data source of ``n`` rows (samples):
+    the order of the rows (:meth:`epoch_order`) and the pair of each row of a step
+    (:meth:`sample_rows`). This base draws a permutation and asks ``base`` (any sampler
+    with ``sample(n, rng)``) for pairs, whatever the rows; sources whose rows differ
+    (samples with only some magnifications, several sources in one run) subclass it.
+    """
+
+    def __init__(self, base: PairSampler | SameImagePair | ScaleViewSampler) -> None:
+        self.base = base
+        self.name = base.name
+
+    def epoch_order(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        return rng.permutation(n)
+
+    def sample_rows(self, index: np.ndarray, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.base.sample(len(index), rng)
+
+
+class PresentMagnifications(RowSampler):
+    """Pairs for samples that lack some magnifications (``pairs.complete_only=false``): each
+    row draws among the magnifications it has (:meth:`PairSampler.sample_present`).
+
+    Args:
+        base: a discrete strategy (or :class:`SameImagePair`).
+        present: bool ``[n, 4]``, which of :data:`MAGNIFICATIONS` each row has; every row
+            must be eligible for ``base``.
+    """
+
+    def __init__(self, base: PairSampler | SameImagePair, present: np.ndarray) -> None:
+        super().__init__(base)
+        self.present = np.asarray(present, dtype=bool)
+        if not self.base.eligible(self.present).all():
+            raise ValueError(f"some rows have no {self.name} pair; keep only eligible samples")
+
+    def sample_rows(self, index: np.ndarray, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        return self.base.sample_present(self.present[np.asarray(index)], rng)
+
+
+def as_row_sampler(sampler: RowSampler | PairSampler | SameImagePair | ScaleViewSampler
+                   ) -> RowSampler:
+    """``sampler`` itself if it is a :class:`RowSampler`, else one that wraps it."""
+    return sampler if isinstance(sampler, RowSampler) else RowSampler(sampler)

@@ -11,8 +11,18 @@ The operations follow torchvision's definitions (``torchvision.transforms.v2.fun
 torchvision's batch transforms do not (they share one draw across the whole batch). The
 tests check each operation against torchvision on single images.
 
-Order: colour jitter (brightness, contrast, saturation, hue; a fixed order where torchvision's
-ColorJitter shuffles it per call), horizontal/vertical flip,
+Two options let the views differ in colour while the geometry stays shared (for real
+images, where both views of a pair come from one slide with one stain, identical colours
+let colour statistics alone identify a pair):
+
+* ``hed``: H&E stain jitter in HED space (Tellez et al., IEEE TMI 2018; Med. Image Anal.
+  2019): the optical density of each of haematoxylin, eosin and DAB is scaled by
+  ``U(1 - hed, 1 + hed)`` and shifted by ``U(-hed, hed)``;
+* ``per_view_colour``: colour jitter and stain jitter drawn for each view on its own; the
+  flips, rotations and translation are still one draw per pair.
+
+Order: stain jitter, colour jitter (brightness, contrast, saturation, hue; a fixed order
+where torchvision's ColorJitter shuffles it per call), horizontal/vertical flip,
 90-degree rotation, small rotation plus translation (one bilinear warp, reflected borders),
 resize to the input size, normalisation.
 
@@ -55,6 +65,8 @@ class AugmentConfig:
     rot90: bool = True
     rotation_degrees: float = 15.0
     translate: float = 0.05
+    hed: float = 0.0
+    per_view_colour: bool = False
 
     def validate(self) -> None:
         for name in ("brightness", "contrast", "saturation"):
@@ -70,11 +82,17 @@ class AugmentConfig:
                               f"got {self.rotation_degrees}")
         if not 0 <= self.translate < 0.5:
             raise ConfigError(f"augment.translate must be in [0, 0.5), got {self.translate}")
+        if not 0 <= self.hed < 1:
+            raise ConfigError(f"augment.hed must be in [0, 1), got {self.hed}")
 
 
 @dataclass
 class PairParams:
-    """One parameter set per pair: every field has a leading batch dimension [N]."""
+    """One parameter set per pair: every field has a leading batch dimension [N].
+
+    ``hed_scale``/``hed_shift`` ([N, 3]) are ``None`` without stain jitter; ``second`` holds
+    the colour and stain draws of view 2 when they are drawn per view (its geometric fields
+    are not used: the geometry is this set's)."""
 
     brightness: Tensor
     contrast: Tensor
@@ -85,13 +103,18 @@ class PairParams:
     rot90: Tensor
     angle: Tensor
     shift: Tensor  # [N, 2] as a fraction of width and height
+    hed_scale: Tensor | None = None
+    hed_shift: Tensor | None = None
+    second: PairParams | None = None
 
     def __len__(self) -> int:
         return int(self.brightness.shape[0])
 
     def take(self, start: int, stop: int) -> PairParams:
         """The parameter sets of pairs ``start:stop`` (a rank's shard of a global draw)."""
-        return PairParams(**{k: v[start:stop] for k, v in vars(self).items()})
+        return PairParams(**{k: None if v is None else (v.take(start, stop) if k == "second"
+                                                         else v[start:stop])
+                             for k, v in vars(self).items()})
 
 
 def _uniform(n: int, low: float, high: float, g: torch.Generator) -> Tensor:
@@ -99,8 +122,11 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator) -> Tensor:
 
 
 def sample_params(cfg: AugmentConfig, n: int, g: torch.Generator) -> PairParams:
-    """Draw ``n`` parameter sets on the CPU from generator ``g``."""
-    return PairParams(
+    """Draw ``n`` parameter sets on the CPU from generator ``g``.
+
+    The draws of the stain jitter and of view 2's colours come after the others, so that a
+    configuration without them draws exactly what it drew before they existed."""
+    p = PairParams(
         brightness=_uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, g),
         contrast=_uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, g),
         saturation=_uniform(n, 1 - cfg.saturation, 1 + cfg.saturation, g),
@@ -112,6 +138,55 @@ def sample_params(cfg: AugmentConfig, n: int, g: torch.Generator) -> PairParams:
         angle=_uniform(n, -cfg.rotation_degrees, cfg.rotation_degrees, g),
         shift=_uniform(2 * n, -cfg.translate, cfg.translate, g).view(n, 2),
     )
+    if cfg.hed:
+        p.hed_scale, p.hed_shift = _hed_draw(cfg.hed, n, g)
+    if cfg.per_view_colour:
+        p.second = PairParams(**{**vars(p), "second": None,
+                                 **_colour_draw(cfg, n, g)})
+    return p
+
+
+def _hed_draw(strength: float, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    scale = _uniform(3 * n, 1 - strength, 1 + strength, g).view(n, 3)
+    return scale, _uniform(3 * n, -strength, strength, g).view(n, 3)
+
+
+def _colour_draw(cfg: AugmentConfig, n: int, g: torch.Generator) -> dict[str, Tensor | None]:
+    """A second draw of the colour and stain fields (view 2's, with ``per_view_colour``)."""
+    out: dict[str, Tensor | None] = {
+        "brightness": _uniform(n, 1 - cfg.brightness, 1 + cfg.brightness, g),
+        "contrast": _uniform(n, 1 - cfg.contrast, 1 + cfg.contrast, g),
+        "saturation": _uniform(n, 1 - cfg.saturation, 1 + cfg.saturation, g),
+        "hue": _uniform(n, -cfg.hue, cfg.hue, g)}
+    if cfg.hed:
+        out["hed_scale"], out["hed_shift"] = _hed_draw(cfg.hed, n, g)
+    return out
+
+
+#: Stain vectors of haematoxylin, eosin and DAB (rows; Ruifrok and Johnston 2001, the matrix
+#: of scikit-image's ``rgb_from_hed``) and its inverse: optical density -> stain amounts.
+RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]],
+                            dtype=torch.float64)
+HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
+#: Smallest intensity before the logarithm (scikit-image's ``rgb2hed`` uses the same).
+_OD_EPS = 1e-6
+
+
+def hed_jitter(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """Tellez et al.'s stain augmentation of float RGB images in [0, 1] ``[N, 3, H, W]``: in
+    optical density ``OD = -ln(rgb)`` the stain amounts ``OD @ HED_FROM_RGB`` become
+    ``s * scale + shift`` (``[N, 3]`` each, per image and stain), then back to RGB, clamped
+    to [0, 1]. Scale 1 and shift 0 return ``x`` (up to float rounding)."""
+    n = x.shape[0]
+    # One matrix per image: OD' = OD @ (H diag(scale) R) + shift @ R, with H = HED_FROM_RGB and
+    # R = RGB_FROM_HED, so the stain amounts are never materialised.
+    h, r = HED_FROM_RGB.to(x.device, x.dtype), RGB_FROM_HED.to(x.device, x.dtype)
+    mix = h.unsqueeze(0) * scale.to(x.device, x.dtype).unsqueeze(1) @ r  # [N, 3, 3]
+    offset = shift.to(x.device, x.dtype) @ r                               # [N, 3]
+    od = x.clamp_min(_OD_EPS).log_().neg_()                                 # [N, 3, H, W]
+    out = torch.einsum("nchw,ncd->ndhw", od, mix)
+    out.add_(offset.view(n, 3, 1, 1)).neg_().exp_()
+    return out.clamp_(0, 1)
 
 
 _GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -411,6 +486,8 @@ class UniformPairAugment:
         return out
 
     def _apply(self, x: Tensor, plan: _BatchPlan) -> Tensor:
+        if plan.hed_scale is not None:
+            x = hed_jitter(to_float(x), plan.hed_scale, plan.hed_shift)
         if x.dtype == torch.uint8 and plan.brightness is not None:
             # to_float and brightness in one pass: x * (f / 255), clamped to [0, 1]
             y = x.float().mul_(plan.brightness / 255.0).clamp_(0, 1)
@@ -487,6 +564,8 @@ class _BatchPlan:
     saturation: Tensor | None
     hue: Tensor | None
     theta: Tensor | None
+    hed_scale: Tensor | None = None
+    hed_shift: Tensor | None = None
 
     @classmethod
     def of(cls, p: PairParams, shape: torch.Size, device: torch.device) -> _BatchPlan:
@@ -496,21 +575,35 @@ class _BatchPlan:
             v = _per_image(v.to(device, torch.float32))
             return 1 - v if weight else v
 
+        hed = p.hed_scale is not None and bool(((p.hed_scale != 1) | (p.hed_shift != 0)).any())
         return cls(p, factor(p.brightness, 1.0, False), factor(p.contrast, 1.0, True),
                    factor(p.saturation, 1.0, True),
                    p.hue.to(device) if bool((p.hue != 0).any()) else None,
-                   _fused_theta(p, shape, device))
+                   _fused_theta(p, shape, device),
+                   p.hed_scale.to(device) if hed else None,
+                   p.hed_shift.to(device) if hed else None)
 
     def take(self, start: int, stop: int) -> _BatchPlan:
         return _BatchPlan(self.params.take(start, stop),
                           *(None if t is None else t[start:stop] for t in
                             (self.brightness, self.contrast, self.saturation, self.hue,
-                             self.theta)))
+                             self.theta, self.hed_scale, self.hed_shift)))
+
+
+_COLOUR_FIELDS = ("brightness", "contrast", "saturation", "hue", "hed_scale", "hed_shift")
 
 
 def _repeat(p: PairParams) -> PairParams:
-    """The same parameters for the second half of a concatenated [view1; view2] batch."""
-    return PairParams(**{k: torch.cat([v, v]) for k, v in vars(p).items()})
+    """The parameters of a concatenated [view1; view2] batch: the same set twice, except the
+    colour and stain fields of view 2 where they were drawn per view (``p.second``)."""
+    two = p.second if p.second is not None else p
+
+    def both(name: str) -> Tensor | None:
+        a = getattr(p, name)
+        b = getattr(two, name) if name in _COLOUR_FIELDS else a
+        return None if a is None else torch.cat([a, b])
+
+    return PairParams(**{k: both(k) for k in vars(p) if k != "second"})
 
 
 def eval_transform(x: Tensor, input_size: int, mean: tuple[float, ...] = IMAGENET_MEAN,

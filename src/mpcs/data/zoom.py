@@ -34,8 +34,9 @@ from torch import Tensor
 from torchvision.ops import roi_align
 from tqdm import tqdm
 
+from mpcs.data.breakhis import MAGNIFICATIONS, scan_breakhis
 from mpcs.data.images import is_image_file, is_stray_file, load_rgb
-from mpcs.errors import DataError
+from mpcs.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -104,27 +105,41 @@ def decode_square(path: str | os.PathLike[str], side: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
-def list_images(root: str | os.PathLike[str]) -> pd.DataFrame:
-    """Image files under ``root`` with a ``patient_id`` each: for a BreakHis tree its patients
-    (40X images only, the widest field of view); otherwise the first sub-folder under
-    ``root`` (``root/<patient>/.../x.png``) or, for files directly in ``root``, the file stem.
+#: Values of ``data.zoom_magnification``: every image, each patient's lowest magnification,
+#: or one magnification (the last two need a BreakHis-layout folder to mean anything).
+ZOOM_MAGNIFICATIONS = ("all", "lowest", *MAGNIFICATIONS)
+
+
+def list_images(root: str | os.PathLike[str], magnification: str = "lowest") -> pd.DataFrame:
+    """Image files under ``root`` with a ``patient_id`` each.
+
+    A BreakHis-layout tree gives its images at ``magnification``: ``all`` of them, each
+    patient's ``lowest`` magnification present (the widest field of view), or one of
+    40X..400X; the table's ``attrs["patients"]`` lists every patient of the tree, so that a
+    caller can tell a patient without images at that magnification from an unknown one.
+    Another folder gives every image, its patient the first sub-folder under ``root``
+    (``root/<patient>/.../x.png``) or, for files directly in ``root``, the file stem.
 
     Raises:
         DataError: ``root`` is not a folder or holds no image.
+        ConfigError: a magnification other than ``all`` for a folder that is not a BreakHis
+            tree, or not one of :data:`ZOOM_MAGNIFICATIONS`.
     """
+    if magnification not in ZOOM_MAGNIFICATIONS:
+        raise ConfigError(f"data.zoom_magnification must be one of "
+                          f"{', '.join(ZOOM_MAGNIFICATIONS)}, got {magnification!r}")
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder of images")
     try:
-        from mpcs.data.breakhis import scan_breakhis
-
         manifest = scan_breakhis(root, check_images=False)
-        rows = manifest[manifest["magnification"] == "40X"]
-        if len(rows):
-            return pd.DataFrame({"path": rows["path"].astype(str).to_numpy(),
-                                 "patient_id": rows["patient_id"].astype(str).to_numpy()})
     except DataError:
-        pass
+        manifest = None
+    if manifest is not None and len(manifest):
+        return _breakhis_images(manifest, magnification)
+    if magnification not in ("all", "lowest"):
+        raise ConfigError(f"data.zoom_magnification={magnification} needs a BreakHis-layout "
+                          f"folder; {root} is not one (use all)")
     rows = []
     for dirpath, dirnames, files in os.walk(root):
         dirnames.sort()
@@ -139,6 +154,21 @@ def list_images(root: str | os.PathLike[str]) -> pd.DataFrame:
         raise DataError(f"{root}: no image files found (looked for PNG, JPEG, TIFF, ... "
                         f"recursively)")
     return pd.DataFrame(rows)
+
+
+def _breakhis_images(manifest: pd.DataFrame, magnification: str) -> pd.DataFrame:
+    rows = manifest.assign(patient_id=manifest["patient_id"].astype(str))
+    if magnification == "lowest":
+        rank = rows["magnification"].map({m: i for i, m in enumerate(MAGNIFICATIONS)})
+        rows = rows[rank == rank.groupby(rows["patient_id"]).transform("min")]
+    elif magnification != "all":
+        rows = rows[rows["magnification"] == magnification]
+    table = pd.DataFrame({"path": rows["path"].astype(str).to_numpy(),
+                          "patient_id": rows["patient_id"].to_numpy(),
+                          "magnification": rows["magnification"].to_numpy()})
+    table.attrs["patients"] = sorted(set(manifest["patient_id"].astype(str)))
+    table.attrs["magnification"] = magnification
+    return table
 
 
 class ZoomPairData:

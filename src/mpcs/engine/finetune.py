@@ -417,6 +417,24 @@ def _better(ev: Evaluation, best: Evaluation | None, select_by: str) -> bool:
 # --------------------------------------------------------------------------- shared run logic
 
 
+def epoch_budget(epochs: int, min_steps: int, steps_per_epoch: int) -> int:
+    """Epochs to train: ``epochs``, raised so that at least ``min_steps`` optimiser steps run.
+
+    Small training sets take few steps per epoch (a few hundred images: 7 steps of 32), so a
+    budget and a patience counted in epochs stop them after a few dozen steps, before they
+    learn; ``train.min_steps`` counts in steps instead (early stopping waits for it too).
+
+    Example:
+        >>> epoch_budget(50, 1000, 7), epoch_budget(50, 1000, 40)
+        (143, 50)
+    """
+    needed = -(-min_steps // max(steps_per_epoch, 1))
+    if needed > epochs:
+        log.info("train.min_steps=%d: %d epochs of %d steps (train.epochs=%d raised)",
+                 min_steps, needed, steps_per_epoch, epochs)
+    return max(epochs, needed)
+
+
 def _seed_everything(seed: int) -> tuple[np.random.Generator, torch.Generator]:
     torch.manual_seed(seed)
     random.seed(seed)
@@ -626,8 +644,9 @@ def finetune(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
     aug = FinetuneAugment(cfg["augment"], size, mean, std)
     optimizer = build_optimizer(model, cfg["optim"])
     steps = len(_batches(np.arange(len(train_p)), t["batch_size"]))
+    epochs = epoch_budget(t["epochs"], t["min_steps"], steps)
     s = cfg["schedule"]
-    scheduler = build_scheduler(optimizer, total_steps=steps * t["epochs"],
+    scheduler = build_scheduler(optimizer, total_steps=steps * epochs,
                                 warmup_steps=steps * s["warmup_epochs"], schedule=s["name"],
                                 final_lr_fraction=s["final_lr_fraction"])
     eval_kw = {"batch_size": t["eval_batch_size"], "device": device, "amp": t["amp"],
@@ -636,7 +655,7 @@ def finetune(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
     best: Evaluation | None = None
     best_state: dict[str, Tensor] | None = None
     best_epoch, since_best, epoch = 0, 0, 0
-    bar = tqdm(range(t["epochs"]), desc=mode, unit="epoch", disable=not progress)
+    bar = tqdm(range(epochs), desc=mode, unit="epoch", disable=not progress)
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
@@ -673,12 +692,13 @@ def finetune(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
                             out / "best.pt")
         else:
             since_best += 1
+        patience = t["patience"] if (epoch + 1) * steps >= t["min_steps"] else 0
         if _end_epoch(out, bar, epoch, loss_sum / max(seen, 1), ev, lr, t0, improved,
-                      best_epoch, since_best, t["patience"]):
+                      best_epoch, since_best, patience):
             break
     bar.close()
     epochs_run = epoch + 1
-    stopped_early = epochs_run < t["epochs"]
+    stopped_early = epochs_run < epochs
     model.load_state_dict(best_state)
     test_ev = evaluate(model, test_p, **eval_kw)
     return _finish(out, mode, test_p, test_ev, best_epoch, best, epochs_run, stopped_early,

@@ -174,7 +174,7 @@ def build_monitor(cfg: Mapping[str, Any], data_dir: str | Path, progress: bool =
     mon, d = cfg["monitor"], cfg["data"]
     if not mon["knn_every"]:
         return None
-    if d.get("source", "breakhis") != "breakhis":
+    if "breakhis" not in (d["source"] if isinstance(d["source"], list) else [d["source"]]):
         raise ConfigError(f"monitor.knn_every needs labelled BreakHis-layout data; "
                           f"data.source={d['source']} has no labels (set monitor.knn_every=0)")
     if not mon["val_patients"]:

@@ -74,16 +74,17 @@ import torch
 from tqdm import tqdm
 
 from mpcs.config import PRETRAIN_DEFAULTS, resume_conflicts
-from mpcs.data.breakhis import complete_samples, scan_breakhis
-from mpcs.data.cache import (
-    default_cache_dir,
-    load_images_with_report,
-    quiet_pil_warnings,
-    with_skip_hint,
-)
+from mpcs.data.breakhis_pairs import PairData, pair_samples
+from mpcs.data.cache import default_cache_dir
 from mpcs.data.loader import Prefetcher, loader_settings, pin
-from mpcs.data.pairs import MAGNIFICATIONS
-from mpcs.data.sources import create_view_sampler
+from mpcs.data.pairs import as_row_sampler
+from mpcs.data.sources import (
+    MixedPairData,
+    breakhis_strategy,
+    create_row_sampler,
+    load_scale_source,
+    source_names,
+)
 from mpcs.data.transforms import AugmentConfig, UniformPairAugment
 from mpcs.engine.checkpoint import load_checkpoint, save_checkpoint
 from mpcs.engine.distributed import (
@@ -150,87 +151,6 @@ def autocast_for(device: torch.device, amp: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def pair_samples(data_dir: str | Path, patients: Sequence[str] | None = None,
-                 on_bad_image: str = "error") -> pd.DataFrame:
-    """Samples present at all four magnifications, restricted to ``patients`` if given.
-
-    With ``on_bad_image="skip"`` unreadable images are left out (their samples become
-    incomplete) and listed in ``samples.attrs["skipped"]`` as ``(path, reason)`` pairs.
-
-    Raises :class:`DataError` when nothing is left to pre-train on, saying why.
-    """
-    try:
-        with quiet_pil_warnings():
-            manifest = scan_breakhis(data_dir, on_bad_image=on_bad_image)
-    except DataError as err:
-        raise with_skip_hint(err) from None
-    skipped = list(manifest.attrs.get("skipped", []))
-    if patients is not None:
-        wanted = set(map(str, patients))
-        unknown = sorted(wanted - set(manifest["patient_id"]))
-        if unknown:
-            raise DataError(f"{data_dir}: patients not in the data set: {', '.join(unknown[:5])}")
-        manifest = manifest[manifest["patient_id"].isin(wanted)]
-    samples = complete_samples(manifest)
-    if samples.empty:
-        per_mag = manifest.groupby("magnification").size().reindex(MAGNIFICATIONS, fill_value=0)
-        counts = ", ".join(f"{m} {n}" for m, n in per_mag.items())
-        left_out = f"; {len(skipped)} unusable images were skipped" if skipped else ""
-        raise DataError(
-            f"{data_dir}: no sample is present at all four magnifications, so MPCS has no pairs "
-            f"to train on. A sample is (patient, sequence number) and needs one image at each "
-            f"of 40X, 100X, 200X and 400X with the same sequence number; found "
-            f"{len(manifest)} images of {manifest['patient_id'].nunique()} patients "
-            f"({counts}) and 0 complete samples{left_out}.")
-    dropped = manifest["sample_key"].nunique() - len(samples)
-    if dropped:
-        log.info("pairs: %d samples lack a magnification and are left out of pre-training",
-                 dropped)
-    samples.attrs["skipped"] = skipped
-    return samples
-
-
-class PairData:
-    """Decoded pixels of all four magnifications of every sample: uint8 [S, 4, 3, H, W].
-
-    With ``on_bad_image="skip"`` a sample with an image that fails to decode is dropped
-    whole (``dropped``: ``(sample_key, path, reason)``); ``samples`` holds the kept ones.
-    """
-
-    def __init__(self, samples: pd.DataFrame, size: int, cache_dir: str | Path | None,
-                 progress: bool = True, on_bad_image: str = "error"):
-        paths = [p for _, row in samples.iterrows() for p in
-                 (row[f"path_{m}"] for m in MAGNIFICATIONS)]
-        try:
-            pixels, bad = load_images_with_report(paths, size, cache_dir=cache_dir,
-                                                  progress=progress, on_bad_image=on_bad_image)
-        except DataError as err:
-            raise with_skip_hint(err) from None
-        self.pixels = np.asarray(pixels).reshape(len(samples), 4, 3, size, size)
-        reasons = dict(bad)
-        self.dropped: list[tuple[str, str, str]] = []
-        keep = []
-        for i, key in enumerate(samples["sample_key"]):
-            failed = [p for p in paths[4 * i:4 * i + 4] if p in reasons]
-            if failed:
-                self.dropped += [(str(key), p, reasons[p]) for p in failed]
-                log.warning("sample %s dropped from pairs: %s failed to decode (%s)",
-                            key, failed[0], reasons[failed[0]])
-            else:
-                keep.append(i)
-        self.rows = np.asarray(keep, dtype=np.int64)  # sample -> row of ``pixels``
-        self.samples = samples.iloc[keep].reset_index(drop=True)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def views(self, index: np.ndarray, mag1: np.ndarray, mag2: np.ndarray
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.rows[index]
-        return (torch.from_numpy(self.pixels[rows, mag1]),
-                torch.from_numpy(self.pixels[rows, mag2]))
-
-
 def _rng_state(np_rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
     return {"numpy": np_rng.bit_generator.state, "torch_aug": gen.get_state(),
             "torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
@@ -254,7 +174,9 @@ def build_model(cfg: Mapping[str, Any]) -> MPCSModel:
         return create_method(cfg["method"], cfg)  # type: ignore[return-value]
     m = cfg["model"]
     return create_mpcs_model(m["encoder"], weights=m["weights"], head_hidden=m["head_hidden"],
-                             head_out=m["head_out"], channels_last=m["channels_last"])
+                             head_out=m["head_out"], channels_last=m["channels_last"],
+                             frozen_stages=m.get("frozen_stages", 0),
+                             frozen_norm=m.get("frozen_norm", False))
 
 
 def _optim_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -457,7 +379,7 @@ def pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: str | Path,
     summary also holds ``rank`` and ``world_size``.
     """
     run_dir = Path(run_dir)
-    t, d = cfg["train"], cfg["data"]
+    t = cfg["train"]
     dcfg = cfg.get("distributed", PRETRAIN_DEFAULTS["distributed"])
     with distributed_context(t["device"], dcfg["backend"]) as (ctx, device), \
             warnings.catch_warnings():
@@ -470,16 +392,11 @@ def pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: str | Path,
         guarded(ctx, lambda: _check_output_folder(run_dir), run_here=ctx.is_main)
         if t["threads"]:
             torch.set_num_threads(t["threads"])
-        if d.get("source", "breakhis") == "breakhis":
-            samples = guarded(ctx, lambda: pair_samples(data_dir, d["patients"],
-                                                        on_bad_image=d["on_bad_image"]))
-        else:  # zoom / wsi (mpcs.data.sources): the source object itself
-            from mpcs.data.sources import load_scale_source
-
-            samples = guarded(ctx, lambda: load_scale_source(cfg, data_dir, progress))
+        samples = guarded(ctx, lambda: find_pair_sources(cfg, data_dir, progress))
         assert samples is not None
         guarded(ctx, lambda: (per_rank_batch(t["batch_size"], ctx.world_size),
-                              steps_per_epoch(len(samples), t["batch_size"], t["drop_last"],
+                              steps_per_epoch(sum(len(x) for _, x in samples),
+                                              t["batch_size"], t["drop_last"],
                                               ctx.world_size)))
         lock = guarded(ctx, lambda: _open_run_folder(run_dir), run_here=ctx.is_main)
         try:
@@ -562,12 +479,14 @@ class StepPlan:
 def epoch_plan(num_samples: int, bounds: Sequence[tuple[int, int]], sampler: Any,
                np_rng: np.random.Generator) -> list[StepPlan]:
     """The epoch's sample order and each step's magnification pairs, drawn in the order a
-    step-by-step loop draws them (so the plan does not change a seeded run)."""
-    order = np_rng.permutation(num_samples)
+    step-by-step loop draws them (so the plan does not change a seeded run). ``sampler`` is
+    a :class:`mpcs.data.pairs.RowSampler` or a plain pair sampler (any sample, any pair)."""
+    sampler = as_row_sampler(sampler)
+    order = sampler.epoch_order(num_samples, np_rng)
     plans = []
     for start, stop in bounds:
         idx = order[start:stop]
-        m1, m2 = sampler.sample(len(idx), np_rng)
+        m1, m2 = sampler.sample_rows(idx, np_rng)
         plans.append(StepPlan(idx, m1, m2))
     return plans
 
@@ -613,8 +532,37 @@ def _wrap_model(model: MPCSModel, cfg: Mapping[str, Any], ctx: DistContext,
                                    else None)
 
 
-def _load_pair_data(cfg: Mapping[str, Any], samples: pd.DataFrame, progress: bool,
-                    ctx: DistContext) -> PairData:
+def find_pair_sources(cfg: Mapping[str, Any], data_dir: str | Path, progress: bool
+                      ) -> list[tuple[str, Any]]:
+    """``(name, source)`` of each configured source: the pairable samples of ``breakhis``
+    (a table; decoded by :func:`_load_pair_data`), or a loaded ``zoom``/``wsi`` source."""
+    d, p = cfg["data"], cfg["pairs"]
+    found: list[tuple[str, Any]] = []
+    for name in source_names(cfg):
+        if name == "breakhis":
+            found.append((name, pair_samples(data_dir, d["patients"],
+                                             on_bad_image=d["on_bad_image"],
+                                             strategy=breakhis_strategy(cfg),
+                                             complete_only=p["complete_only"])))
+        else:
+            found.append((name, load_scale_source(cfg, data_dir, progress, source=name)))
+    return found
+
+
+def _skipped_at_scan(sources: Sequence[tuple[str, Any]]) -> list[tuple[str, str]]:
+    return [x for _, source in sources for x in source.attrs.get("skipped", [])]
+
+
+def _load_pair_data(cfg: Mapping[str, Any], sources: Sequence[tuple[str, Any]],
+                    progress: bool, ctx: DistContext) -> Any:
+    """The pair data of the run: each source loaded (a mixed source when several)."""
+    parts = [_load_one(cfg, source, progress, ctx) for _, source in sources]
+    if len(parts) == 1:
+        return parts[0]
+    return MixedPairData([name for name, _ in sources], parts, cfg["data"]["source_weights"])
+
+
+def _load_one(cfg: Mapping[str, Any], samples: Any, progress: bool, ctx: DistContext) -> Any:
     """Decoded pixels on every rank; with the cache, the node-local rank 0 builds it first
     and the node's other ranks then open it (one decode per machine, not per process)."""
     if not isinstance(samples, pd.DataFrame):  # a zoom / wsi source, already loaded
@@ -624,7 +572,9 @@ def _load_pair_data(cfg: Mapping[str, Any], samples: pd.DataFrame, progress: boo
 
     def build() -> PairData:
         return PairData(samples, d["input_size"], cache_dir, progress=progress,
-                        on_bad_image=d["on_bad_image"])
+                        on_bad_image=d["on_bad_image"],
+                        complete_only=cfg["pairs"]["complete_only"],
+                        strategy=breakhis_strategy(cfg))
 
     if cache_dir is None or not ctx.enabled:
         data = guarded(ctx, build)
@@ -637,7 +587,7 @@ def _load_pair_data(cfg: Mapping[str, Any], samples: pd.DataFrame, progress: boo
 
 
 def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
-              samples: pd.DataFrame, device: torch.device, resume: bool,
+              samples: Sequence[tuple[str, Any]], device: torch.device, resume: bool,
               progress: bool, ctx: DistContext = SINGLE) -> dict[str, Any]:
     t, d = cfg["train"], cfg["data"]
     if ctx.enabled and cfg.get("method", "mpcs") != "mpcs":
@@ -660,7 +610,7 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
     gen = torch.Generator().manual_seed(seed)
 
     data = _load_pair_data(cfg, samples, progress, ctx)
-    skipped = [(p, "scan", r) for p, r in samples.attrs.get("skipped", [])]
+    skipped = [(p, "scan", r) for p, r in _skipped_at_scan(samples)]
     skipped += [(p, "decode", f"{r}; sample {key} dropped from pre-training pairs")
                 for key, p, r in data.dropped]
     if d["on_bad_image"] == "skip" and main:
@@ -671,9 +621,9 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
                         "in %s", len(skipped), len(skipped) - len(data.dropped),
                         len(data.dropped), len({k for k, _, _ in data.dropped}), listing)
     if len(data) == 0:
-        raise DataError(f"{data_dir}: every one of the {len(samples)} complete samples has an "
-                        f"image that failed to decode; nothing is left to pre-train on (see "
-                        f"{run_dir / SKIPPED_IMAGES})")
+        raise DataError(f"{data_dir}: every one of the {sum(len(x) for _, x in samples)} "
+                        f"samples lost an image it needs to a decode failure; nothing is left "
+                        f"to pre-train on (see {run_dir / SKIPPED_IMAGES})")
     bounds = batch_bounds(len(data), t["batch_size"], t["drop_last"], ctx.world_size)
     steps = steps_per_epoch(len(data), t["batch_size"], t["drop_last"], ctx.world_size)
     local_batch = per_rank_batch(t["batch_size"], ctx.world_size)
@@ -722,7 +672,7 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
     enc = model.encoder
     aug = UniformPairAugment(AugmentConfig(**cfg["augment"]), d["input_size"],
                              mean=tuple(enc.mean), std=tuple(enc.std))
-    sampler = create_view_sampler(cfg, same_image=getattr(model, "same_image", False))
+    sampler = create_row_sampler(cfg, data, same_image=getattr(model, "same_image", False))
     monitor = guarded(ctx, lambda: build_monitor(cfg, data_dir, progress), run_here=main)
     loss_fn = NTXentLoss(temperature=cfg["loss"]["temperature"],
                          gather_distributed=ctx.enabled)

@@ -72,7 +72,9 @@ def create_method(name: str, cfg: Mapping[str, Any]) -> PairMethod:
 def _backbone(cfg: Mapping[str, Any]):
     m = cfg["model"]
     return create_mpcs_model(m["encoder"], weights=m["weights"], head_hidden=m["head_hidden"],
-                             head_out=m["head_out"], channels_last=m["channels_last"])
+                             head_out=m["head_out"], channels_last=m["channels_last"],
+                             frozen_stages=m.get("frozen_stages", 0),
+                             frozen_norm=m.get("frozen_norm", False))
 
 
 def _predictor(cfg: Mapping[str, Any]) -> ProjectionHead:

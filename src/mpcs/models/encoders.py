@@ -36,6 +36,7 @@ from urllib.parse import urlparse
 
 import timm
 import torch
+from timm.models import group_modules
 from torch import nn
 
 from mpcs.errors import CheckpointError, ConfigError
@@ -172,8 +173,61 @@ class Encoder(nn.Module):
         self.input_size = tuple(int(v) for v in input_size)
         self.weights = weights
         self.channels_last = channels_last
+        self.frozen_stages = 0
+        self._frozen: list[nn.Module] = []
+        self._frozen_norm = False
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+
+    def freeze_stages(self, stages: int) -> None:
+        """Freeze the first ``stages`` stages, in timm's coarse grouping (``group_matcher``:
+        stage 1 is the stem, then one stage per block group): their weights get no gradient
+        and their normalisation layers stay in eval mode (running statistics kept), so the
+        early filters of the initialisation are kept and no backward pass runs through them.
+
+        Raises:
+            ConfigError: the model has no timm stage grouping, or ``stages`` would freeze
+                every stage.
+        """
+        if stages < 0:
+            raise ConfigError(f"model.frozen_stages must be >= 0, got {stages}")
+        if stages == 0:
+            return
+        try:
+            grouped = group_modules(self.model, self.model.group_matcher(coarse=True))
+        except (AttributeError, NotImplementedError):
+            raise ConfigError(f"encoder {self.name!r} has no timm stage grouping; "
+                              f"model.frozen_stages must be 0") from None
+        ids = sorted(grouped)
+        if stages >= len(ids):
+            raise ConfigError(f"model.frozen_stages={stages} would freeze all {len(ids)} "
+                              f"stages of {self.name!r}; use at most {len(ids) - 1}")
+        modules = dict(self.model.named_modules())
+        self._frozen = [modules[name] for i in ids[:stages] for name in grouped[i]]
+        for module in self._frozen:
+            module.requires_grad_(False)
+        self.frozen_stages = stages
+        self.train(self.training)
+
+    def freeze_norm_statistics(self, frozen: bool = True) -> None:
+        """Keep every BatchNorm layer in eval mode, also while training: normalisation by the
+        running statistics of the initialisation (e.g. ImageNet's), which are never updated;
+        the layers' affine weights still train. Small batches of a new domain otherwise
+        replace the statistics the pre-trained filters were learnt with."""
+        self._frozen_norm = frozen
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Encoder:
+        """As :meth:`nn.Module.train`, but frozen stages (see :meth:`freeze_stages`) and, with
+        :meth:`freeze_norm_statistics`, BatchNorm layers stay in eval mode."""
+        super().train(mode)
+        for module in self._frozen:
+            module.eval()
+        if getattr(self, "_frozen_norm", False):
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     @property
     def pretrained_cfg(self) -> dict[str, Any]:

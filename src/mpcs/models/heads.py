@@ -109,14 +109,20 @@ def create_mpcs_model(
     head_hidden: Sequence[int] | None = None,
     head_out: int | None = None,
     channels_last: bool = False,
+    frozen_stages: int = 0,
+    frozen_norm: bool = False,
 ) -> MPCSModel:
     """Create encoder ``encoder_name`` with ``weights`` and its projection head.
 
     ``head_hidden``/``head_out`` default to :func:`default_head_dims`; ``weights`` is
     ``"none"``, ``"imagenet"`` or a path to an encoder state dict (see
-    :func:`mpcs.models.create_encoder`).
+    :func:`mpcs.models.create_encoder`); ``frozen_stages`` leading stages of the encoder
+    are frozen (:meth:`Encoder.freeze_stages`); ``frozen_norm`` keeps the encoder's
+    BatchNorm statistics (:meth:`Encoder.freeze_norm_statistics`).
     """
     encoder = create_encoder(encoder_name, weights=weights, channels_last=channels_last)
+    encoder.freeze_stages(frozen_stages)
+    encoder.freeze_norm_statistics(frozen_norm)
     default_hidden, default_out = default_head_dims(encoder_name, encoder.num_features)
     hidden = default_hidden if head_hidden is None else list(head_hidden)
     out = default_out if head_out is None else head_out
