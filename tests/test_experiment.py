@@ -129,10 +129,11 @@ def test_a_failed_cell_does_not_stop_the_others(ten_patients: Path, tmp_path: Pa
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     real = exp_mod.linear_eval
 
-    def flaky(cfg, train, val, test, out_dir, init, progress=True):
+    def flaky(cfg, train, val, test, out_dir, init, progress=True, overwrite=False):
         if "400X" in str(out_dir) and "fold0" in str(out_dir):
             raise RuntimeError("simulated crash")
-        return real(cfg, train, val, test, out_dir, init=init, progress=progress)
+        return real(cfg, train, val, test, out_dir, init=init, progress=progress,
+                    overwrite=overwrite)
 
     monkeypatch.setattr(exp_mod, "linear_eval", flaky)
     out = tmp_path / "exp"

@@ -425,9 +425,11 @@ def test_linear_eval_freezes_the_backbone_and_caches_features(parts, tmp_path,
     np.testing.assert_allclose(model.predict_proba(pixels)[:, 1], preds["probability"],
                                atol=1e-5)
 
-    extracted.clear()
-    second = linear_eval(tiny_cfg(), train, val, test, out, init=str(weights), progress=False)
+    extracted.clear()  # a run in the folder is replaced only on request; caches stay
+    second = linear_eval(tiny_cfg(), train, val, test, out, init=str(weights), progress=False,
+                         overwrite=True)
     assert extracted == []  # every part's features came from the cache
+    assert not list(tmp_path.glob("linear.replaced-*"))  # deleted once the new run finished
     assert second["test_ila"] == first["test_ila"]
     assert second["selected_epoch"] == first["selected_epoch"]
 
@@ -467,6 +469,6 @@ def test_finetune_starts_from_the_pretrained_encoder(synth, parts, tmp_path,
     assert info["init_kind"] == "mpcs-pretrain" and info["init"] == str(ckpt.resolve())
     _, meta = load_finetuned(result["checkpoint"])
     assert meta["init_kind"] == "mpcs-pretrain"
-    with pytest.raises(ConfigError, match="neither"):
-        finetune(tiny_cfg(), train, val, test, out, init=str(tmp_path / "missing.pt"),
+    with pytest.raises(ConfigError, match="neither"):  # a new folder: out holds a run
+        finetune(tiny_cfg(), train, val, test, tmp_path / "ft2", init=str(tmp_path / "missing.pt"),
                  progress=False)

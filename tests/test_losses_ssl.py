@@ -42,7 +42,7 @@ def test_byol_and_simsiam_match_lightly_negative_cosine() -> None:
     p1, p2, z1, z2 = (_rand(8, 16, seed=s).float() for s in range(4))
     neg = NegativeCosineSimilarity()
     simsiam = 0.5 * (neg(p1, z2) + neg(p2, z1))
-    assert float(SimSiamLoss()(p1, p2, z1, z2)) == pytest.approx(float(simsiam), abs=1e-6)
+    assert float(SimSiamLoss()(p1, p2, z1, z2)) == pytest.approx(float(simsiam), abs=1e-5)
     byol = (2 + 2 * neg(p1, z2)) + (2 + 2 * neg(p2, z1))
     assert float(BYOLLoss()(p1, p2, z1, z2)) == pytest.approx(float(byol), abs=1e-5)
 

@@ -40,7 +40,8 @@ def test_hand_computed_two_pairs(tau: float) -> None:
     expected = (l_u1 + l_u2 + l_u2 + l_u1) / 4
     loss = NTXentLoss(temperature=tau)(z1, z2)
     assert loss.shape == ()
-    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    # float32 against the float64 formula: vectorised exp/log and FMA differ by CPU
+    assert loss.item() == pytest.approx(expected, abs=1e-5)
 
 
 @pytest.mark.parametrize("tau", [0.01, 0.1, 0.5, 1.0])

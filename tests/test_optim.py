@@ -222,8 +222,10 @@ def test_lars_bias_and_norm_update_is_plain_momentum_sgd() -> None:
         sgd.step()
     lars_params = dict(lars_model.named_parameters())
     sgd_params = dict(sgd_model.named_parameters())
+    # two implementations (LARS's update, torch's foreach SGD): equal up to rounding, which
+    # depends on the CPU's vector path; the decay and trust ratio they skip change ~1e-2
     for name in ("0.bias", "2.weight", "2.bias", "3.bias"):
-        torch.testing.assert_close(lars_params[name], sgd_params[name], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(lars_params[name], sgd_params[name], rtol=1e-5, atol=1e-5)
     # The weights, by contrast, are decayed and adapted.
     assert not torch.allclose(lars_params["0.weight"], sgd_params["0.weight"])
 

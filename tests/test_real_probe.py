@@ -67,6 +67,8 @@ def test_parse_variant() -> None:
     assert parse_variant("x=imagenet") == Variant("x", "imagenet")
     assert parse_variant("y=cpu-small,train.epochs=2,augment.hed=0.05") == Variant(
         "y", "mpcs", "cpu-small", ("train.epochs=2", "augment.hed=0.05"))
+    mixed = parse_variant("m=cpu-small,data.source=[breakhis, zoom],pairs.complete_only=false")
+    assert mixed.overrides == ("data.source=[breakhis, zoom]", "pairs.complete_only=false")
     for bad in ("noequals", "x=none,train.epochs=2", "=imagenet"):
         with pytest.raises(ConfigError):
             parse_variant(bad)

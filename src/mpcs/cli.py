@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -122,7 +123,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     preset = args.preset if (args.preset or args.config) else "cpu-small"
     cfg = resolve(preset=preset if not args.config else None, config_file=args.config,
                   overrides=overrides, kind="pretrain")
-    summary = pretrain(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet)
+    summary = pretrain(cfg, args.data, args.out, resume=args.resume, progress=not args.quiet,
+                       overwrite=args.overwrite)
     if summary.get("rank", 0) != 0:  # torchrun: rank 0 speaks for the run
         return 0
     print(f"pre-training finished: {summary['epochs']} epochs, {summary['global_step']} steps, "
@@ -208,7 +210,7 @@ def _downstream(args: argparse.Namespace, mode: str) -> int:
 
     run = linear_eval if mode == "linear" else finetune
     summary = run(cfg, part("train", args.label_fraction), part("val"), part("test"),
-                  args.out, init=args.init, progress=not args.quiet)
+                  args.out, init=args.init, progress=not args.quiet, overwrite=args.overwrite)
     print(f"{mode}: selected epoch {summary['selected_epoch']} on validation "
           f"(ILA {100 * summary['val_ila']:.2f}%); test ILA {100 * summary['test_ila']:.2f}%, "
           f"PLA {100 * summary['test_pla']:.2f}% on {summary['n_test_images']} images of "
@@ -405,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--splits", help="a file from `mpcs splits`: pre-train on the training "
                    "patients of --fold only")
     s.add_argument("--fold", type=int, help="fold index for --splits")
-    s.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue from RUN/checkpoints/last.pt")
+    g.add_argument("--overwrite", action="store_true", help="start over in a RUN that holds "
+                   "a run (refused otherwise): the old run is moved to RUN.replaced-<time> "
+                   "and deleted once the new run has written its first checkpoint")
     s.add_argument("--on-bad-image", choices=("error", "skip"), default=None,
                    help="an unreadable or undecodable image: stop with an error naming it "
                    "(default: error, or data.on_bad_image of the config), or skip it, drop "
@@ -437,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--label-fraction", type=float, default=1.0,
                        help="fraction of the fold's training images with labels (0, 1]")
         s.add_argument("--out", required=True, help="run folder")
+        s.add_argument("--overwrite", action="store_true", help="start over in an --out "
+                       "that holds a run (refused otherwise): the old run is moved to "
+                       "OUT.replaced-<time> and deleted once the new run has finished")
         g = s.add_mutually_exclusive_group()
         g.add_argument("--preset", default="finetune-paper",
                        help="finetune-paper (default) or finetune-cpu-small")
@@ -555,15 +564,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stdout_to_devnull() -> None:
+    """Point stdout's file descriptor at devnull (Python's recipe for a reader that went
+    away), so the flush at interpreter exit raises no second BrokenPipeError."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a file descriptor: nothing is flushed to it at exit
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader gone early (`| head`) shows here, not at interpreter exit
+        return code
+    except BrokenPipeError as e:
+        log.debug("stdout was closed by its reader (%s); the rest of the output is dropped", e)
+        _stdout_to_devnull()
+        return 1
     except MpcsError as e:
         print(f"mpcs {args.command}: error: {e}", file=sys.stderr)
         return e.exit_code
-    except KeyboardInterrupt:
-        print(f"mpcs {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a RunInterrupted says where the run stands
+        where = f"; {e}" if str(e) else ""
+        print(f"mpcs {args.command}: interrupted{where}", file=sys.stderr)
         return 130

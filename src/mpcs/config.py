@@ -144,7 +144,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
         "drop_last": True,
         "checkpoint_every": 50,  # epoch_XXXX.pt every k epochs (and at the last epoch)
         "last_every": 1,         # last.pt (what --resume reads) every k epochs and at the end
-        "device": "auto",        # auto | cpu | cuda | cuda:N
+        "device": "auto",        # auto | cpu | cuda | cuda:N | mps
         "amp": "auto",           # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | off
         "threads": 0,            # torch CPU threads; 0 = torch's default
         "on_nonfinite": "stop",  # stop | skip (skip the step; stop anyway past 10% of an epoch)
@@ -188,6 +188,11 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "transfer.stain_norm": ("none", "reinhard", "macenko"),
     "transfer.tta": ("none", "flips", "dihedral"),
 }
+
+#: A preset name (a file name in mpcs/presets without .yaml): no folders, no "..".
+_PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+#: ``train.device``: auto (CUDA when available, else CPU), cpu, cuda, cuda:N (GPU N) or mps.
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")
 
 #: Keys that also take a list of their choices (several pair sources in one run).
 _LISTS_OF_CHOICES = ("data.source",)
@@ -308,6 +313,12 @@ def config_kind(data: Mapping[str, Any]) -> str:
 
 
 def load_preset(name: str) -> dict[str, Any]:
+    """The settings of a shipped preset. ``name`` is a plain name as ``mpcs presets`` lists it;
+    a path (folders, ``..``, ``.yaml``) is refused: files of settings go through ``--config``."""
+    if not _PRESET_NAME.fullmatch(name) or name.lower().endswith((".yaml", ".yml")):
+        raise ConfigError(f"preset {name!r} is not a preset name: a preset is a name that "
+                          f"`mpcs presets` lists (no folder, no .yaml); give a YAML file of "
+                          f"settings with --config FILE.yaml")
     path = resources.files("mpcs") / "presets" / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(preset_names())}")
@@ -398,9 +409,22 @@ def _check_types(cfg: dict[str, Any], defaults: Mapping[str, Any], prefix: str =
         if not allowed_ok:
             names = " or ".join(t.__name__ for t in allowed)
             raise ConfigError(f"config key {path!r} must be {names}, got {value!r}")
+        if not _all_finite(value):
+            raise ConfigError(f"config key {path!r} must be a finite number (not inf or nan), "
+                              f"got {value!r}")
         if path in _CHOICES and value not in _CHOICES[path]:
             raise ConfigError(f"config key {path!r} must be one of {', '.join(_CHOICES[path])}, "
                               f"got {value!r}")
+
+
+def _all_finite(value: Any) -> bool:
+    """False when ``value`` is, or a list in it holds, an infinite or NaN float (YAML reads
+    ``.inf`` and ``.nan`` as floats)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list | tuple):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 def _check_choice_list(path: str, value: list[Any]) -> None:
@@ -427,6 +451,10 @@ def _check_optim_schedule_input(cfg: Mapping[str, Any]) -> None:
              f"schedule.final_lr_fraction must be in [0, 1], got {s['final_lr_fraction']}")
     _require(cfg["data"]["input_size"] >= 16,
              f"data.input_size must be >= 16, got {cfg['data']['input_size']}")
+    _require(t["threads"] >= 0,
+             f"train.threads must be >= 0 (0 = torch's default), got {t['threads']}")
+    _require(_DEVICE.fullmatch(t["device"]) is not None,
+             f"train.device must be auto, cpu, cuda, cuda:N or mps, got {t['device']!r}")
 
 
 def validate_pretrain(cfg: Mapping[str, Any]) -> None:
@@ -629,12 +657,31 @@ def validate_experiment(cfg: Mapping[str, Any]) -> None:
            if isinstance(f, bool) or not isinstance(f, int | float) or not 0 < f <= 1]
     _require(not bad and cfg["label_fractions"],
              f"label_fractions must be numbers in (0, 1], got {cfg['label_fractions']}")
-    for key, kind in (("pretrain_preset", "pretrain"), ("finetune_preset", "finetune")):
-        resolve(preset=cfg[key], kind=kind)
+    _check_grid_presets(cfg)
     if transfer:
         from mpcs.evaluation.transfer import validate_transfer
 
         validate_transfer(cfg)
+
+
+def _check_grid_presets(cfg: Mapping[str, Any]) -> None:
+    """The grid's presets with its overrides, as its runs resolve them (one pre-training
+    configuration per pair strategy): a bad override stops the grid before any work."""
+    for key in ("pretrain_overrides", "finetune_overrides"):
+        _require(all(isinstance(o, str) for o in cfg[key]),
+                 f"{key} must be a list of key=value texts, got {cfg[key]!r}")
+    try:
+        for strategy in cfg["methods"] or [None]:
+            pairs = [f"pairs.strategy={strategy}"] if strategy else []
+            resolve(preset=cfg["pretrain_preset"], kind="pretrain",
+                    overrides=[*cfg["pretrain_overrides"], *pairs])
+    except ConfigError as e:
+        raise ConfigError(f"pretrain_preset/pretrain_overrides: {e}") from None
+    try:
+        resolve(preset=cfg["finetune_preset"], kind="finetune",
+                overrides=cfg["finetune_overrides"])
+    except ConfigError as e:
+        raise ConfigError(f"finetune_preset/finetune_overrides: {e}") from None
 
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -122,8 +122,9 @@ def run_demo(out: str | Path, synth: SynthConfig | None = None, overrides: Seque
     out = Path(out)
     t_start = time.perf_counter()
     synth = synth or DEMO_DATA
-    root = write_breakhis(out / "data", synth, progress=progress)
+    # settings first: a mistyped --set stops the demo before it writes any data
     cfg = resolve(preset=DEMO_PRESET, kind="experiment", overrides=list(overrides))
+    root = write_breakhis(out / "data", synth, progress=progress)
     exp = out / "experiment"
     print(f"[demo] data: {root}; {cfg['folds']} patient-level folds, pre-training "
           f"{', '.join(cfg['methods'])} pairs per fold, linear evaluation at "

@@ -13,6 +13,11 @@ Images are decoded with :func:`mpcs.data.images.load_rgb`, resized to the encode
 and normalised with its mean/std (:func:`mpcs.data.transforms.eval_transform`), one image at a
 time so that images of different sizes can share a batch.
 
+Written tables go through :mod:`mpcs.csvsafe`: a path that starts with ``= + - @`` (or a tab)
+is written with an apostrophe in front, so no spreadsheet runs it as a formula, and bytes of a
+file name that are not UTF-8 are written as ``\\xNN`` (one warning says how many names); the
+returned DataFrame keeps the exact names.
+
 Example:
     >>> df = embed("runs/demo/checkpoints/last.pt", "data/new", "emb.csv")  # doctest: +SKIP
     >>> pred = predict("runs/ft/best.pt", "data/new", "pred.csv")  # doctest: +SKIP
@@ -36,11 +41,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from mpcs.csvsafe import csv_text, safe_frame
 from mpcs.data.breakhis import parse_filename
 from mpcs.data.images import IMAGE_EXTENSIONS, is_image_file, is_stray_file, load_rgb
 from mpcs.data.transforms import eval_transform
 from mpcs.engine.checkpoint import load_checkpoint
-from mpcs.engine.runinfo import atomic_write_text
+from mpcs.engine.runinfo import atomic_write_text, check_output_file
 from mpcs.errors import CheckpointError, ConfigError, DataError
 from mpcs.models.encoders import Encoder
 
@@ -162,12 +168,14 @@ def load_model(path: PathLike) -> LoadedModel:
     """Load a pre-training checkpoint or a fine-tuned ``best.pt`` for inference (CPU, eval).
 
     Raises:
-        CheckpointError: missing or unreadable file, or not an mpcs checkpoint (names it).
+        CheckpointError: missing or unreadable file, a folder, or not an mpcs checkpoint
+            (names it).
     """
     from mpcs.engine.finetune import load_finetuned
     from mpcs.engine.pretrain import load_pretrained
 
     path = Path(path)
+    _refuse_folder(path)
     state = load_checkpoint(path)
     kind = state.get("kind")
     if kind == FINETUNE_KIND:
@@ -192,6 +200,16 @@ def load_model(path: PathLike) -> LoadedModel:
         return LoadedModel(PRETRAIN_KIND, encoder, size, model.head, None, [], path)
     raise CheckpointError(f"{path}: not an mpcs checkpoint (kind {kind!r}; expected a "
                           "pre-training checkpoint or a fine-tuned best.pt)")
+
+
+def _refuse_folder(path: Path) -> None:
+    """A folder is not a checkpoint: say so, and name the checkpoint it probably holds."""
+    if not path.is_dir():
+        return
+    inside = [p for p in (path / "best.pt", path / "checkpoints" / "last.pt") if p.is_file()]
+    hint = f"; did you mean {inside[0]}?" if inside else (
+        "; give a checkpoint file (a run's checkpoints/last.pt or a fine-tuned best.pt)")
+    raise CheckpointError(f"{path}: is a folder, not a checkpoint file{hint}")
 
 
 def load_encoder_from_checkpoint(path: PathLike) -> Encoder:
@@ -283,13 +301,13 @@ def _write_table(df: pd.DataFrame, out: Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            df.to_parquet(tmp, index=False)
+            safe_frame(df, out, formulas=False).to_parquet(tmp, index=False)
             os.replace(tmp, out)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     else:
-        atomic_write_text(out, df.to_csv(index=False))
+        atomic_write_text(out, csv_text(df, out))
 
 
 def _skipped_note(skipped: list[tuple[str, str]]) -> None:
@@ -406,9 +424,11 @@ def predict(checkpoint: PathLike, images: PathLike | Iterable[PathLike], out_csv
     Raises:
         CheckpointError: not a fine-tuned checkpoint ("needs a fine-tuned checkpoint").
         DataError: no images, or an unreadable one (without ``skip_bad``), named.
+        OutputError: the folder of ``out_csv`` cannot be written (checked before any work).
     """
     out = Path(out_csv)
     _check_suffix(out, (".csv",))
+    check_output_file(out)
     loaded = load_model(checkpoint)
     if loaded.kind != FINETUNE_KIND or loaded.classifier is None:
         raise CheckpointError(f"{checkpoint}: predict {_NEEDS_FINETUNED}; this is a "
@@ -437,7 +457,7 @@ def predict(checkpoint: PathLike, images: PathLike | Iterable[PathLike], out_csv
     positive = "malignant" if "malignant" in names else names[-1]
     if df["patient_id"].notna().any():
         patients = patient_table(df, positive)
-        atomic_write_text(patients_path(out), patients.to_csv(index=False))
+        atomic_write_text(patients_path(out), csv_text(patients, patients_path(out)))
     df.attrs["patients"] = patients
     df.attrs["skipped"] = [p for p, _ in skipped]
     df.attrs["skipped_reasons"] = list(skipped)
@@ -445,6 +465,15 @@ def predict(checkpoint: PathLike, images: PathLike | Iterable[PathLike], out_csv
 
 
 # --------------------------------------------------------------------------- export
+
+
+def _export_folder(out: Path) -> None:
+    """Refuse an export folder that is, or lies under, an existing file (left untouched)."""
+    existing = next((p for p in (out, *out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        where = "is a file" if existing == out else f"lies under the file {existing}"
+        raise ConfigError(f"{out}: {where}; export writes model.safetensors and config.json "
+                          "into a folder: give a new or existing folder as --out")
 
 
 def export_encoder(checkpoint: PathLike, out_dir: PathLike) -> Path:
@@ -460,13 +489,22 @@ def export_encoder(checkpoint: PathLike, out_dir: PathLike) -> Path:
 
     and feed images resized to ``input_size`` (bilinear, antialiased) and normalised with
     ``mean``/``std``.
+
+    Raises:
+        ConfigError: ``out_dir`` is, or lies under, an existing file (checked first; the file
+            is left as it is).
+        CheckpointError: an unusable checkpoint (a folder is named as one).
     """
     from safetensors.torch import save_file
 
+    out = Path(out_dir)
+    _export_folder(out)
     loaded = load_model(checkpoint)
     enc = loaded.encoder
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{out}: cannot make the export folder ({e.strerror})") from None
     state = {k: v.detach().cpu().contiguous().clone() for k, v in enc.model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.safetensors.", suffix=".tmp")
     os.close(fd)

@@ -23,6 +23,18 @@ sample). A cache entry built with ``"skip"`` records its bad images in ``<key>.j
 later call on the same files reports the same list (``"skip"``) or raises the same error
 (``"error"``) without decoding again.
 
+Integrity: ``<key>.json`` holds the BLAKE2b checksum of the ``.npy`` file. The first time a
+process uses a cache file (per path, inode, size and modification time) the file is hashed
+and compared; a file whose bytes changed (a bad disk, a stray write) is rebuilt with a
+warning, never used, and one without a checksum (written before mpcs recorded them) is
+rebuilt once, with an info line.
+
+Disk space: before the array is written, the free space of the cache folder is checked
+against its size (plus :data:`FREE_SPACE_RESERVE`), and the file's blocks are reserved with
+``posix_fallocate`` where the file system supports it, so a full disk stops the command with
+one :class:`~mpcs.errors.DataError` line (and no temporary file left), never with a SIGBUS
+from a memory-mapped write.
+
 Example:
     >>> pixels = load_images(["a.png", "b.png"], size=64, cache_dir=None)  # doctest: +SKIP
     >>> pixels.shape
@@ -31,10 +43,12 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -54,6 +68,11 @@ CACHE_VERSION = 1
 ON_BAD_IMAGE = ("error", "skip")
 #: A temporary cache file of a process that no longer exists is removed once it is this old.
 STALE_TMP_SECONDS = 3600.0
+#: Bytes left free on the cache's disk beyond the array itself (other files need room too).
+FREE_SPACE_RESERVE = 64 * 2**20
+_HASH_CHUNK = 16 * 2**20
+#: Cache files verified by this process: (path, inode, size, mtime_ns).
+_VERIFIED: set[tuple[str, int, int, int]] = set()
 
 BadImages = list[tuple[str, str]]
 
@@ -112,17 +131,20 @@ def cache_key(paths: Sequence[str | Path], size: int, missing_ok: bool = False) 
 
     A file that cannot be stat'ed raises :class:`DataError`, unless ``missing_ok`` (skip
     mode), where it enters the hash as missing and fails later, at decode time.
+    Paths are hashed as their file-system bytes (``os.fsencode``), so names that are not
+    valid UTF-8 work too (and valid ones give the same key as before).
     """
     h = hashlib.sha1(f"v{CACHE_VERSION}|{size}".encode())
     for p in paths:
+        name = b"|" + os.fsencode(os.path.abspath(p))
         try:
             st = os.stat(p)
         except OSError as exc:
             if not missing_ok:
                 raise DataError(f"{p}: cannot read file ({exc.strerror or exc})") from None
-            h.update(f"|{os.path.abspath(p)}|missing".encode())
+            h.update(name + b"|missing")
             continue
-        h.update(f"|{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}".encode())
+        h.update(name + f"|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 
@@ -156,17 +178,49 @@ def _decode_all(paths: Sequence[str | Path], size: int, out: np.ndarray,
     return bad
 
 
+def file_digest(path: Path) -> str:
+    """BLAKE2b (hex) of the file's bytes, read in chunks."""
+    h = hashlib.blake2b(digest_size=32)
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _identity(path: Path) -> tuple[str, int, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _verified(final: Path, info: dict) -> bool:
+    """Whether ``final`` has the checksum ``info`` records (hashed once per process)."""
+    ident = _identity(final)
+    if ident in _VERIFIED:
+        return True
+    expected = info.get("blake2b")
+    if not isinstance(expected, str):
+        log.info("%s: decoded-image cache file without a checksum (written by an older "
+                 "mpcs); rebuilding it", final)
+        return False
+    if file_digest(final) != expected:
+        log.warning("%s: decoded-image cache file is damaged (its checksum does not match "
+                    "the one recorded in %s); rebuilding it", final, final.with_suffix(".json"))
+        return False
+    _VERIFIED.add(ident)
+    return True
+
+
 def _read_entry(final: Path, meta: Path, shape: tuple[int, ...]
                 ) -> tuple[np.ndarray, BadImages] | None:
-    """A complete cache entry (pixels, recorded bad images), or None to rebuild it."""
+    """A complete, verified cache entry (pixels, recorded bad images), or None to rebuild."""
     if not (final.exists() and meta.exists()):
         return None
     try:
         info = json.loads(meta.read_text())
         arr = np.load(final, mmap_mode="r")
+        if arr.shape != shape or not isinstance(info, dict) or not _verified(final, info):
+            return None
     except (OSError, ValueError):
-        return None
-    if arr.shape != shape or not isinstance(info, dict):
         return None
     return arr, [(str(p), str(r)) for p, r in info.get("bad", [])]
 
@@ -203,6 +257,34 @@ def _write_json(path: Path, data: object) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _check_free_space(folder: Path, nbytes: int) -> None:
+    """Refuse to start a cache file that the disk has no room for (see module docstring)."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # no answer from this file system: fallocate (or the write) will tell
+    need = nbytes + FREE_SPACE_RESERVE
+    if free < need:
+        raise DataError(
+            f"{folder}: not enough free space for the decoded-image cache (needs "
+            f"{need / 2**20:.0f} MiB, {free / 2**20:.0f} MiB free); free space there, set "
+            f"data.cache_dir (or $MPCS_CACHE) to another folder, or set data.use_cache=false")
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of ``path`` now, so that a full disk is an ``OSError`` here and
+    not a SIGBUS on a memory-mapped write (file systems without fallocate: skipped)."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                return
+            raise
 
 
 def _cache_write_error(folder: Path, exc: OSError) -> DataError:
@@ -247,16 +329,21 @@ def load_images_with_report(paths: Sequence[str | Path], size: int,
             log.warning("skipping %s: %s (recorded in the image cache)", path, reason)
         return arr, bad
     _remove_stale_tmp(folder)
+    _check_free_space(folder, int(np.prod(shape)))
     tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
     try:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(tmp)
         bad = _decode_all(paths, size, out, progress, workers, on_bad_image)
         out.flush()
         del out
+        digest = file_digest(tmp)
         # The .json first: an .npy without its .json is never used (it is rebuilt).
         _write_json(meta, {"size": size, "count": len(paths),
-                           "first": str(paths[0]) if paths else None, "bad": bad})
+                           "first": str(paths[0]) if paths else None, "bad": bad,
+                           "blake2b": digest})
         os.replace(tmp, final)
+        _VERIFIED.add(_identity(final))
     except OSError as exc:
         raise _cache_write_error(folder, exc) from None
     finally:

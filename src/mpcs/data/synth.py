@@ -50,6 +50,9 @@ _EOSIN = np.array([0.07, 0.99, 0.11])
 _MARKER = "mpcs-synth.json"
 # Spread (log scale) of per-image acquisition: stain uptake, exposure, white balance.
 ACQUISITION_SPREAD = 0.15
+#: Sides of a synthetic image, in pixels (the renderer holds several float copies of an
+#: image: 100000x100000 would need terabytes).
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 16, 8192
 
 
 @dataclass(frozen=True)
@@ -73,9 +76,7 @@ class SynthConfig:
                 f"synth: samples_per_patient must be >= 1, got {self.samples_per_patient}")
         if not 0 <= self.sample_spread < 1:
             raise ConfigError(f"synth: sample_spread must be in [0, 1), got {self.sample_spread}")
-        w, h = self.image_size
-        if w < 16 or h < 16:
-            raise ConfigError(f"synth: image_size must be at least 16x16, got {w}x{h}")
+        check_image_size(self.image_size, "synth: image_size")
 
 
 @dataclass(frozen=True)
@@ -95,13 +96,23 @@ class PatientSpec:
         return "B" if self.label == "benign" else "M"
 
 
+def check_image_size(size: tuple[int, ...] | list[int], what: str = "image size") -> None:
+    """Refuse a size that is not two sides of ``MIN_IMAGE_SIDE..MAX_IMAGE_SIDE`` pixels."""
+    if len(size) != 2 or not all(MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE for v in size):
+        shown = "x".join(str(v) for v in size)
+        raise ConfigError(f"{what} must be WIDTHxHEIGHT of at least {MIN_IMAGE_SIDE} and at "
+                          f"most {MAX_IMAGE_SIDE} pixels per side, got {shown}")
+
+
 def parse_image_size(text: str) -> tuple[int, int]:
-    """Parse ``"WxH"`` (e.g. ``"175x115"``) into ``(width, height)``."""
+    """Parse ``"WxH"`` (e.g. ``"175x115"``) into ``(width, height)``, each side in
+    ``MIN_IMAGE_SIDE..MAX_IMAGE_SIDE``."""
     try:
         w, h = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise ConfigError(
             f"image size must look like WIDTHxHEIGHT (e.g. 175x115), got {text!r}") from None
+    check_image_size((w, h))
     return w, h
 
 

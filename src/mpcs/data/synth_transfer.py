@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mpcs.data.bach import BACH_CLASSES, BACH_IMAGE_SIZE, GROUND_TRUTH
 from mpcs.data.bcc import BCC_CLASSES, BCC_IMAGE_SIZE
-from mpcs.data.synth import _region_params, _stain_vectors, build_tissue, render
+from mpcs.data.synth import _region_params, _stain_vectors, build_tissue, check_image_size, render
 from mpcs.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,7 @@ def render_image(grade_range: tuple[float, float], size: tuple[int, int], seed: 
 def _check(images_per_class: int, size: Sequence[int]) -> None:
     if images_per_class < 1:
         raise ConfigError(f"images per class must be >= 1, got {images_per_class}")
-    if len(size) != 2 or min(size) < 16:
-        raise ConfigError(f"image size must be WIDTHxHEIGHT of at least 16 pixels, got {size}")
+    check_image_size(tuple(size))
 
 
 def _settings(dataset: str, images_per_class: int, image_size: Sequence[int],

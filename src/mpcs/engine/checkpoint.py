@@ -4,35 +4,89 @@ dropped the optimiser state; method notes, defect 7)."""
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mpcs.engine.runinfo import atomic_file
+from mpcs.engine.runinfo import atomic_file, output_error
 from mpcs.errors import CheckpointError
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``,
-    so a crash leaves either the old checkpoint or the new one, never half of one."""
+    so a crash leaves either the old checkpoint or the new one, never half of one.
+
+    A failed write (disk full, read-only folder) raises :class:`OutputError` (also an
+    :class:`OSError`) in one line; the previous file at ``path`` is left as it was. Ctrl-C
+    during the write stays a :class:`KeyboardInterrupt` (torch's zip writer, finishing the
+    file while the interrupt unwinds, would turn it into a RuntimeError).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path, "wb") as f:
-        torch.save(state, f)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_file(path, "wb") as f:
+            torch.save(state, f)
+    except (RuntimeError, OSError) as exc:  # OSError: also atomic_file's OutputError
+        raise _write_failure(path, exc) from None
 
 
-def _refusal(path: Path, reason: str) -> CheckpointError:
-    """torch's refusal of a pickled object spans many lines; say it in one."""
-    if "Weights only load failed" in reason:
+def _write_failure(path: Path, exc: BaseException) -> BaseException:
+    """What a failed ``torch.save`` means: the interrupt or the OS error behind torch's
+    "unexpected pos" RuntimeError (raised while that one unwound), or a short write."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt):
+            return cause
+        if isinstance(cause, OSError):
+            break
+        cause = cause.__context__
+    if isinstance(cause, OSError):
+        reason = cause.strerror or str(cause)
+    else:
+        flat = " ".join(str(exc).split())
+        reason = f"the write was cut short, the disk is probably full ({flat})"
+    kept = (f"the previous {path.name} is unchanged" if path.exists()
+            else "no partial file was left")
+    return output_error(f"cannot write checkpoint {path}: {reason}; {kept}", reason)
+
+
+def checkpoint_epoch(path: str | Path) -> int | None:
+    """The ``epoch`` entry of a checkpoint, read without loading its tensors (memory-mapped);
+    None when the file is missing or unreadable."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state["epoch"])
+    except Exception:  # noqa: BLE001 - any failure: the epoch is unknown
+        return None
+
+
+def _refusal(path: Path, reason: str, what: str = "mpcs checkpoint") -> CheckpointError:
+    """torch's refusal of a pickled object spans many lines and advises
+    ``weights_only=False``; say it in one line of our own, without that advice."""
+    if "Weights only load failed" in reason or "weights_only" in reason:
         found = re.search(r"GLOBAL ([\w.]+)", reason)
-        what = f" ({found.group(1)})" if found else ""
+        obj = f" ({found.group(1)})" if found else ""
         return CheckpointError(
-            f"{path}: refused: the file holds a pickled Python object{what}, not only tensors "
+            f"{path}: refused: the file holds a pickled Python object{obj}, not only tensors "
             f"and plain data; mpcs loads checkpoints with weights_only=True and never runs "
             f"code from them")
     flat = " ".join(part.strip() for part in reason.splitlines() if part.strip())
-    return CheckpointError(f"{path}: not a readable mpcs checkpoint ({flat})")
+    return CheckpointError(f"{path}: not a readable {what} ({flat})")
+
+
+def torch_load_safely(path: Path, what: str = "mpcs checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure (a pickled object,
+    a damaged file) is one :class:`CheckpointError` line naming ``path`` and, when the file
+    is not refused, calling it an unreadable ``what``."""
+    try:
+        with warnings.catch_warnings():
+            # torch's notes on the pickle protocol of a refused file only add noise
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling/zip error means an unusable file
+        raise _refusal(path, str(e), what) from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -40,10 +94,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling/zip error means an unusable file
-        raise _refusal(path, str(e)) from None
+    state = torch_load_safely(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not an mpcs checkpoint (holds {type(state).__name__})")
     return state

@@ -29,6 +29,10 @@ One run lives in one folder ``out_dir``:
   part, from the selected epoch;
 * ``test_metrics.json``: test ILA and PLA (overall and per magnification), selected epoch.
 
+The folder is locked against a second process (``out_dir/.lock``). One that holds a run is
+refused unless ``overwrite`` is given; then the old run is moved beside it to
+``<out_dir>.replaced-<time>`` and deleted once the new run has finished.
+
 Example:
     >>> from mpcs.config import resolve
     >>> cfg = resolve(preset="finetune-cpu-small")
@@ -47,7 +51,8 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +66,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from mpcs.config import validate_finetune
+from mpcs.csvsafe import csv_text
 from mpcs.data.cache import cache_key, default_cache_dir, load_images
 from mpcs.data.transforms import (
     AugmentConfig,
@@ -80,7 +86,15 @@ from mpcs.engine.pretrain import (
     load_pretrained,
     select_device,
 )
-from mpcs.engine.runinfo import atomic_write_text, write_run_info
+from mpcs.engine.runinfo import (
+    START_RECORDS,
+    FolderRules,
+    atomic_write_text,
+    check_run_folder,
+    open_run_folder,
+    output_error,
+    write_run_info,
+)
 from mpcs.errors import CheckpointError, ConfigError, DataError
 from mpcs.evaluation.linear_probe import extract_features
 from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
@@ -92,6 +106,10 @@ CLASS_NAMES: tuple[str, ...] = ("benign", "malignant")
 CHECKPOINT_KIND = "mpcs-finetune"
 REQUIRED_COLUMNS: tuple[str, ...] = ("path", "patient_id", "label")
 PART_NAMES: tuple[str, ...] = ("train", "val", "test")
+#: A fine-tuning run folder: no resume; ``overwrite`` moves the previous run aside until the
+#: new one has finished; the feature caches of linear evaluation stay and are reused.
+RUN_FOLDER = FolderRules(resumable=False, replaced_until="once the new run has finished",
+                         records=START_RECORDS, caches=("features_*.npy",))
 
 
 # --------------------------------------------------------------------------- model
@@ -276,6 +294,10 @@ class Part:
         return len(self.table)
 
 
+#: What :func:`_prepare` hands the run: run folder, device, parts, encoder, init info.
+Prepared = tuple[Path, torch.device, list[Part], Encoder, dict[str, Any]]
+
+
 def _make_part(name: str, df: pd.DataFrame,
                class_names: Sequence[str] = CLASS_NAMES) -> Part:
     table = df.reset_index(drop=True).copy()
@@ -450,15 +472,20 @@ def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
     return chunks
 
 
+@contextmanager
 def _prepare(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
              test: pd.DataFrame, out_dir: str | Path, init: str | os.PathLike[str], mode: str,
-             class_names: Sequence[str] = CLASS_NAMES
-             ) -> tuple[Path, torch.device, list[Part], Encoder, dict[str, Any]]:
+             class_names: Sequence[str] = CLASS_NAMES, overwrite: bool = False
+             ) -> Iterator[Prepared]:
+    """Check everything, then open (lock) the run folder and write its start records; the
+    run happens inside. A previous run moved aside by ``overwrite`` is deleted once the new
+    one has finished."""
     if cfg.get("kind") != "finetune":
         raise ConfigError("fine-tuning needs a fine-tuning configuration "
                           "(resolve(..., kind='finetune'), e.g. preset finetune-paper)")
     validate_finetune(cfg)
     check_parts(train, val, test, class_names)
+    check_run_folder(out_dir, RUN_FOLDER, overwrite=overwrite)
     t = cfg["train"]
     device = select_device(t["device"])
     if t["threads"]:
@@ -466,23 +493,29 @@ def _prepare(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
     parts = [_make_part(n, df, class_names)
              for n, df in zip(PART_NAMES, (train, val, test), strict=True)]
     encoder, info = init_encoder(init, cfg)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    summary = _part_summary(parts)
-    write_run_info(out, cfg, {"mode": mode, "device": str(device),
-                              **{k: v for k, v in info.items() if k != "identity"},
-                              "parts": summary})
-    (out / "metrics.jsonl").write_text("")
-    for name in ("test_predictions.csv", "val_predictions.csv", "test_metrics.json"):
-        (out / name).unlink(missing_ok=True)
-    log.info("%s: %s", mode, ", ".join(f"{p.name} {len(p)} images / "
-                                       f"{summary[p.name]['patients']} patients" for p in parts))
-    return out, device, parts, encoder, info
+    with open_run_folder(out_dir, RUN_FOLDER, overwrite=overwrite) as folder:
+        out = folder.path
+        summary = _part_summary(parts)
+        write_run_info(out, cfg, {"mode": mode, "device": str(device),
+                                  **{k: v for k, v in info.items() if k != "identity"},
+                                  "parts": summary})
+        atomic_write_text(out / "metrics.jsonl", "")
+        for name in ("test_predictions.csv", "val_predictions.csv", "test_metrics.json"):
+            (out / name).unlink(missing_ok=True)
+        log.info("%s: %s", mode, ", ".join(
+            f"{p.name} {len(p)} images / {summary[p.name]['patients']} patients" for p in parts))
+        yield out, device, parts, encoder, info
+        folder.discard_replaced()
 
 
 def _log_epoch(out: Path, record: dict[str, Any]) -> None:
-    with open(out / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
+    path = out / "metrics.jsonl"
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:
+        raise output_error(f"cannot write {path}: {exc.strerror or exc}; the run stopped",
+                           exc.strerror) from None
 
 
 def _end_epoch(out: Path, bar: Any, epoch: int, train_loss: float, ev: Evaluation, lr: float,
@@ -556,10 +589,10 @@ def _finish(out: Path, mode: str, test: Part, ev: Evaluation, best_epoch: int,
     ``test_metrics.json``; return the run's summary."""
     table = test.table
     frame = predictions_frame(test, ev, class_names)
-    atomic_write_text(out / "test_predictions.csv", frame.to_csv(index=False))
+    atomic_write_text(out / "test_predictions.csv", csv_text(frame))
     if val is not None:
         atomic_write_text(out / "val_predictions.csv",
-                          predictions_frame(val, best_val, class_names).to_csv(index=False))
+                          csv_text(predictions_frame(val, best_val, class_names)))
     per_mag = {}
     if "magnification" in table.columns:
         for mag, idx in frame.groupby("magnification", sort=False).groups.items():
@@ -610,8 +643,8 @@ def _finish(out: Path, mode: str, test: Part, ev: Evaluation, best_epoch: int,
 
 def finetune(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
              test: pd.DataFrame, out_dir: str | Path, init: str | os.PathLike[str],
-             progress: bool = True, class_names: Sequence[str] | None = None
-             ) -> dict[str, Any]:
+             progress: bool = True, class_names: Sequence[str] | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
     """Fine-tune encoder + dropout + linear head on ``train``; select on ``val``; test once.
 
     Args:
@@ -623,17 +656,28 @@ def finetune(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
         progress: show tqdm progress bars.
         class_names: the classes (``label`` values) in logit order; default benign,
             malignant.
+        overwrite: replace a run already in ``out_dir`` (refused otherwise): it is moved
+            beside it to ``<out_dir>.replaced-<time>`` and deleted once this run finished.
 
     Returns:
         Selected epoch, val and test ILA/PLA, test counts and the paths of the outputs.
 
     Raises:
         ConfigError: an empty part or an invalid configuration. DataError: patient leakage.
+        OutputError: ``out_dir`` holds a run, is in use by another process, or cannot be
+            written.
     """
-    mode = "finetune"
     names = _class_names(class_names)
-    out, device, parts, encoder, info = _prepare(cfg, train, val, test, out_dir, init, mode,
-                                                 names)
+    with _prepare(cfg, train, val, test, out_dir, init, "finetune", names,
+                  overwrite) as prepared:
+        return _finetune(cfg, prepared, names, progress)
+
+
+def _finetune(cfg: Mapping[str, Any], prepared: Prepared, names: tuple[str, ...],
+              progress: bool) -> dict[str, Any]:
+    """:func:`finetune` in its prepared, locked run folder."""
+    mode = "finetune"
+    out, device, parts, encoder, info = prepared
     train_p, val_p, test_p = parts
     t, size = cfg["train"], cfg["data"]["input_size"]
     for p in parts:
@@ -741,18 +785,26 @@ def _features(encoder: Encoder, part: Part, cfg: Mapping[str, Any], info: Mappin
 
 def linear_eval(cfg: Mapping[str, Any], train: pd.DataFrame, val: pd.DataFrame,
                 test: pd.DataFrame, out_dir: str | Path, init: str | os.PathLike[str],
-                progress: bool = True, class_names: Sequence[str] | None = None
-                ) -> dict[str, Any]:
+                progress: bool = True, class_names: Sequence[str] | None = None,
+                overwrite: bool = False) -> dict[str, Any]:
     """Linear evaluation: frozen encoder in eval mode, dropout + linear head trained with Adam
     (``linear.*`` settings) on cached features; select on ``val``; test once.
 
     Same arguments, outputs and return value as :func:`finetune`; ``best.pt`` holds the whole
-    classifier (the unchanged encoder and the selected head).
+    classifier (the unchanged encoder and the selected head). The cached features
+    (``features_*.npy``) stay in place on ``overwrite`` and are reused.
     """
-    mode = "linear"
     names = _class_names(class_names)
-    out, device, parts, encoder, info = _prepare(cfg, train, val, test, out_dir, init, mode,
-                                                 names)
+    with _prepare(cfg, train, val, test, out_dir, init, "linear", names,
+                  overwrite) as prepared:
+        return _linear_eval(cfg, prepared, names, progress)
+
+
+def _linear_eval(cfg: Mapping[str, Any], prepared: Prepared, names: tuple[str, ...],
+                 progress: bool) -> dict[str, Any]:
+    """:func:`linear_eval` in its prepared, locked run folder."""
+    mode = "linear"
+    out, device, parts, encoder, info = prepared
     train_p, val_p, test_p = parts
     lin, t = cfg["linear"], cfg["train"]
     encoder = encoder.to(device).eval()

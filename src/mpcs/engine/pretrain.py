@@ -16,7 +16,12 @@ Nothing lost, nothing leaked:
 
 * The output folder is checked before any work and created (and locked against a second
   process) before the images are decoded; failing to write it is a clear
-  :class:`OutputError`.
+  :class:`OutputError`. A folder that holds a run is refused unless ``--resume`` continues
+  it or ``--overwrite`` replaces it: the old run is moved to ``RUN.replaced-<time>`` beside
+  it and deleted only once the new run has written its first checkpoint.
+* ``run.json`` records a fingerprint of the images (:func:`data_fingerprint`); ``--resume``
+  refuses other images (added, removed, relabelled, or the same names with other sizes or
+  modification times) and names what changed.
 * A bad image stops the run with one line naming the file (``data.on_bad_image=error``) or
   is left out and listed (``skip``).
 * A non-finite loss or gradient never reaches the weights: ``train.on_nonfinite=stop``
@@ -29,6 +34,8 @@ Nothing lost, nothing leaked:
   ``last.pt`` is untouched (atomic writes). After a crash, ``--resume`` removes leftover
   temporary files, drops ``metrics.jsonl`` lines of epochs after the checkpoint (they are
   redone) and continues bit-for-bit as an uninterrupted run would (same device and threads).
+  Ctrl-C, also during a checkpoint write, ends with :class:`RunInterrupted` naming the last
+  checkpoint and its epoch.
 
 Several processes (``torchrun --nproc_per_node N -m mpcs pretrain ...``, see
 :mod:`mpcs.engine.distributed`): ``train.batch_size`` is the GLOBAL batch; every rank draws
@@ -66,7 +73,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -74,8 +81,9 @@ import torch
 from tqdm import tqdm
 
 from mpcs.config import PRETRAIN_DEFAULTS, resume_conflicts
-from mpcs.data.breakhis_pairs import PairData, pair_samples
-from mpcs.data.cache import default_cache_dir
+from mpcs.csvsafe import safe_rows
+from mpcs.data.breakhis_pairs import PATH_COLUMNS, PairData, pair_samples
+from mpcs.data.cache import CACHE_VERSION, cache_key, default_cache_dir
 from mpcs.data.loader import Prefetcher, loader_settings, pin
 from mpcs.data.pairs import as_row_sampler
 from mpcs.data.sources import (
@@ -85,8 +93,9 @@ from mpcs.data.sources import (
     load_scale_source,
     source_names,
 )
+from mpcs.data.splits import dataset_fingerprint
 from mpcs.data.transforms import AugmentConfig, UniformPairAugment
-from mpcs.engine.checkpoint import load_checkpoint, save_checkpoint
+from mpcs.engine.checkpoint import checkpoint_epoch, load_checkpoint, save_checkpoint
 from mpcs.engine.distributed import (
     SINGLE,
     DistContext,
@@ -101,15 +110,22 @@ from mpcs.engine.distributed import (
 )
 from mpcs.engine.knn_monitor import build_monitor
 from mpcs.engine.optim import build_optimizer, build_scheduler
-from mpcs.engine.runinfo import atomic_write_text, write_run_info
+from mpcs.engine.runinfo import (
+    START_RECORDS,
+    FolderRules,
+    OutputError,
+    RunFolder,
+    RunInterrupted,
+    atomic_write_text,
+    check_run_folder,
+    last_recorded,
+    open_run_folder,
+    write_run_info,
+)
 from mpcs.errors import CheckpointError, ConfigError, DataError, MpcsError
 from mpcs.losses import NTXentLoss
 from mpcs.models import MPCSModel, create_mpcs_model
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no run-folder lock
-    fcntl = None  # type: ignore[assignment]
+from mpcs.models.encoders import check_weights
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +139,16 @@ RESUME_MAY_DIFFER = ("data.on_bad_image", "train.on_nonfinite", "data.num_worker
                      "train.checkpoint_every", "train.last_every", "pairs.log_scales",
                      "monitor.")  # a key ending in "." covers its whole section
 SKIPPED_IMAGES = "skipped_images.csv"
-LOCK_FILE = ".lock"
+#: A pre-training run folder: ``--resume`` continues it; ``--overwrite`` moves the previous
+#: run aside until the new one has written its first checkpoint (its resume point).
+RUN_FOLDER = FolderRules(resumable=True,
+                         replaced_until="once the new run has written its first checkpoint",
+                         records=(*START_RECORDS, "pretrain_patients.txt", SKIPPED_IMAGES),
+                         subdirs=("checkpoints",))
 
 
 class NonFiniteLossError(MpcsError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class OutputError(MpcsError):
-    """The run folder cannot be created or written (not a folder, read-only, disk full)."""
 
 
 def select_device(name: str) -> torch.device:
@@ -232,50 +249,25 @@ def steps_per_epoch(num_samples: int, batch_size: int, drop_last: bool,
 # --------------------------------------------------------------------------- run folder
 
 
-def _check_output_folder(run_dir: Path) -> None:
-    """Refuse, before any work, an output path that cannot become a writable folder."""
-    where = run_dir.absolute()
-    existing = where
-    while not existing.exists() and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        what = "it is a file" if existing == where else f"{existing} is a file"
-        raise OutputError(f"cannot use {run_dir} as the run folder: {what}, not a folder; "
-                          f"choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write the run folder {run_dir}: {existing} is not writable "
-                          f"(permission denied or read-only); choose another --out")
-
-
-def _open_run_folder(run_dir: Path) -> IO[str]:
-    """Create ``RUN`` and ``RUN/checkpoints``, lock ``RUN`` for this process, remove
-    temporary files left by a killed run; returns the open lock file (close to unlock)."""
-    try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        lock = open(run_dir / LOCK_FILE, "a")  # noqa: SIM115 - held for the whole run
-    except OSError as exc:
-        raise OutputError(f"cannot create the run folder {run_dir}: "
-                          f"{exc.strerror or exc}; choose another --out") from None
-    if fcntl is not None:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.close()
-            raise OutputError(f"{run_dir} is in use by another mpcs process (it holds "
-                              f"{run_dir / LOCK_FILE}); wait for it to end or choose another "
-                              f"--out") from None
-    for folder in (run_dir, run_dir / "checkpoints"):
-        for tmp in folder.glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
-            log.info("removed %s, a temporary file left by an interrupted run", tmp)
-    return lock
+def _interrupted(run_dir: Path, folder: RunFolder | None) -> RunInterrupted:
+    """Ctrl-C: where the run stands and how to continue it (one line for the user)."""
+    last = run_dir / "checkpoints" / "last.pt"
+    epoch = checkpoint_epoch(last) if last.is_file() else None
+    if last.is_file():
+        where = f"the last checkpoint is {last}" + (f" (epoch {epoch})" if epoch else "")
+        where += "; continue with --resume"
+    else:
+        where = f"no checkpoint was written yet in {run_dir}; start again with --resume"
+    if folder is not None and folder.replaced is not None:
+        where += f"; the previous run (--overwrite) is kept in {folder.replaced}"
+    return RunInterrupted(where)
 
 
 def _write_skipped(run_dir: Path, rows: Sequence[tuple[str, str, str]]) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["path", "stage", "reason"])
-    writer.writerows(rows)
+    writer.writerows(safe_rows(rows, run_dir / SKIPPED_IMAGES))
     path = run_dir / SKIPPED_IMAGES
     atomic_write_text(path, buf.getvalue())
     return path
@@ -327,6 +319,84 @@ def _resume_state(run_dir: Path, cfg: Mapping[str, Any]) -> dict[str, Any] | Non
     return state
 
 
+def data_fingerprint(sources: Sequence[tuple[str, Any]]) -> dict[str, Any] | None:
+    """What ``--resume`` checks the images against (recorded in ``run.json``).
+
+    For the image-folder sources (``breakhis``): the images' common folder (``root``), their
+    number, :func:`mpcs.data.splits.dataset_fingerprint` of their names relative to it,
+    patients and labels (``names``), and per patient the :func:`mpcs.data.cache.cache_key`
+    of its files: paths, sizes, modification times (``patients``). None without such a
+    source (zoom and wsi sources are not fingerprinted).
+    """
+    frames = [source for _, source in sources if isinstance(source, pd.DataFrame)]
+    if not frames:
+        return None
+    images = pd.concat([f.melt(id_vars=["patient_id", "label"], value_vars=PATH_COLUMNS,
+                               value_name="path") for f in frames]).dropna(subset=["path"])
+    paths = [os.path.abspath(p) for p in images["path"]]
+    manifest = pd.DataFrame({"path": paths, "patient_id": images["patient_id"].astype(str),
+                             "label": images["label"].astype(str)})
+    manifest.attrs["root"] = os.path.commonpath([os.path.dirname(p) for p in paths])
+    patients = {str(pid): cache_key(sorted(group), 0, missing_ok=True)
+                for pid, group in manifest.groupby("patient_id")["path"]}
+    return {"root": manifest.attrs["root"], "images": len(manifest),
+            "names": dataset_fingerprint(manifest), "key_version": CACHE_VERSION,
+            "patients": patients}
+
+
+def _few(names: Sequence[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def data_change(saved: Mapping[str, Any], now: Mapping[str, Any] | None) -> str | None:
+    """What changed between two :func:`data_fingerprint` records, in words; None if
+    nothing did (or there is nothing to compare)."""
+    if now is None:
+        return None
+    before, after = dict(saved.get("patients") or {}), dict(now["patients"])
+    in_place = saved.get("root") == now["root"] and saved.get("key_version") == now[
+        "key_version"]
+    changed = sorted(p for p in before.keys() & after.keys() if before[p] != after[p])
+    if saved.get("names") != now["names"]:
+        what = [f"images were added, removed, renamed or relabelled ({saved.get('images')} "
+                f"then, {now['images']} now)"]
+        added, removed = sorted(after.keys() - before.keys()), sorted(before.keys() - after)
+        what += [f"new patients: {_few(added)}"] if added else []
+        what += [f"patients gone: {_few(removed)}"] if removed else []
+        what += [f"patients with changed files: {_few(changed)}"] if changed and in_place else []
+        return "; ".join(what)
+    if saved.get("root") != now["root"]:
+        return (f"the images moved from {saved.get('root')} to {now['root']} (same names; their "
+                f"sizes and modification times were recorded at the old place, so other pixels "
+                f"cannot be ruled out: put the data back there, or link it there)")
+    if changed and in_place:
+        return (f"the images of patient(s) {_few(changed)} have the same names but other sizes "
+                f"or modification times (other pixels)")
+    return None
+
+
+def _checked_fingerprint(run_dir: Path, sources: Sequence[tuple[str, Any]],
+                         resuming: bool) -> dict[str, Any] | None:
+    """This start's :func:`data_fingerprint`; when ``resuming`` a checkpoint, refuse data
+    other than that recorded in ``run.json`` (a run started by an older mpcs has none: a
+    logged note, and it resumes unchecked)."""
+    now = data_fingerprint(sources)
+    if not resuming:
+        return now
+    run_json = run_dir / "run.json"
+    saved = last_recorded(run_json, "data_fingerprint")
+    if not isinstance(saved, Mapping):
+        log.info("%s records no fingerprint of the data (a run started by an older mpcs); "
+                 "resuming without checking that the images are unchanged", run_json)
+        return now
+    change = data_change(saved, now)
+    if change:
+        raise DataError(f"{run_json}: refusing to resume on other data: {change}, since the run "
+                        f"started; its checkpoint was trained on the images as they were. "
+                        f"Restore them, or start a new run (--overwrite, or another --out)")
+    return now
+
+
 def _last_good(ckpt_dir: Path, saved_epoch: int) -> str:
     if saved_epoch:
         return f"The last good checkpoint is {ckpt_dir / 'last.pt'} (epoch {saved_epoch})."
@@ -370,8 +440,14 @@ def _save_epoch_file(state: dict[str, Any], ckpt_dir: Path, epoch: int,
 
 
 def pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: str | Path,
-             resume: bool = False, progress: bool = True) -> dict[str, Any]:
+             resume: bool = False, progress: bool = True, overwrite: bool = False
+             ) -> dict[str, Any]:
     """Pre-train MPCS as configured; returns a summary (epochs, steps, final loss, paths).
+
+    A ``run_dir`` that holds a run is refused before any work unless ``resume`` (continue
+    it) or ``overwrite`` (move it aside to ``<run_dir>.replaced-<time>``, deleted once the
+    new run has written its first checkpoint). Ctrl-C raises :class:`RunInterrupted`,
+    naming the last checkpoint.
 
     Started by torchrun (its ``RANK``/``WORLD_SIZE``/... variables set) or inside an
     initialised process group, every process calls this and trains on its shard of each
@@ -389,7 +465,9 @@ def pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: str | Path,
                                 category=FutureWarning)
         quiet_non_main(ctx)
         progress = progress and ctx.is_main
-        guarded(ctx, lambda: _check_output_folder(run_dir), run_here=ctx.is_main)
+        guarded(ctx, lambda: check_run_folder(run_dir, RUN_FOLDER, resume, overwrite),
+                run_here=ctx.is_main)
+        guarded(ctx, lambda: check_weights(cfg["model"]["weights"]))  # before any data
         if t["threads"]:
             torch.set_num_threads(t["threads"])
         samples = guarded(ctx, lambda: find_pair_sources(cfg, data_dir, progress))
@@ -398,12 +476,18 @@ def pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: str | Path,
                               steps_per_epoch(sum(len(x) for _, x in samples),
                                               t["batch_size"], t["drop_last"],
                                               ctx.world_size)))
-        lock = guarded(ctx, lambda: _open_run_folder(run_dir), run_here=ctx.is_main)
+        folder = guarded(ctx, lambda: open_run_folder(run_dir, RUN_FOLDER, resume, overwrite),
+                         run_here=ctx.is_main)
         try:
-            summary = _pretrain(cfg, data_dir, run_dir, samples, device, resume, progress, ctx)
+            summary = _pretrain(cfg, data_dir, run_dir, samples, device, resume, progress, ctx,
+                                folder)
+        except KeyboardInterrupt:
+            if not ctx.is_main:
+                raise
+            raise _interrupted(run_dir, folder) from None
         finally:
-            if lock is not None:
-                lock.close()
+            if folder is not None:
+                folder.close()
         return {**summary, "rank": ctx.rank, "world_size": ctx.world_size}
 
 
@@ -588,7 +672,8 @@ def _load_one(cfg: Mapping[str, Any], samples: Any, progress: bool, ctx: DistCon
 
 def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
               samples: Sequence[tuple[str, Any]], device: torch.device, resume: bool,
-              progress: bool, ctx: DistContext = SINGLE) -> dict[str, Any]:
+              progress: bool, ctx: DistContext = SINGLE, folder: RunFolder | None = None
+              ) -> dict[str, Any]:
     t, d = cfg["train"], cfg["data"]
     if ctx.enabled and cfg.get("method", "mpcs") != "mpcs":
         # Their batch statistics (Barlow Twins, VICReg), negatives (SimCLR) and view draws
@@ -602,6 +687,8 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
     if resume:  # rank 0 reads and checks the checkpoint; every rank gets the same state
         state = guarded(ctx, lambda: _resume_state(run_dir, cfg), run_here=main)
         state = broadcast_object(ctx, state, device)
+    fingerprint = guarded(ctx, lambda: _checked_fingerprint(run_dir, samples, state is not None),
+                          run_here=main)
 
     seed = int(cfg["seed"])
     torch.manual_seed(seed)
@@ -635,12 +722,6 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
             f"skipped), or train.drop_last=false cuts the last batch differently for this "
             f"number of processes, so resuming would not continue the same run. Start a new "
             f"run in another folder.")
-    if state is None and main and (ckpt_dir / "last.pt").exists():
-        log.warning("%s already holds a run; starting over and replacing it (use --resume to "
-                    "continue it instead)", run_dir)
-        # With train.last_every > 1 the old last.pt would otherwise stay the resume point
-        # of the new run until its first save.
-        (ckpt_dir / "last.pt").unlink()
     loading = loader_settings(d, device)
     if ctx.enabled:
         log.info("DDP: %d processes (backend %s); train.batch_size=%d is the global batch: "
@@ -656,7 +737,8 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
                 "world_size": ctx.world_size, "backend": ctx.backend,
                 "global_batch": t["batch_size"], "batch_per_rank": local_batch,
                 "loader": {"num_workers": loading.num_workers, "prefetch": loading.prefetch,
-                           "pin_memory": loading.pin_memory}}, resume=state is not None)
+                           "pin_memory": loading.pin_memory},
+                "data_fingerprint": fingerprint}, resume=state is not None)
             atomic_write_text(run_dir / "pretrain_patients.txt",
                               "\n".join(sorted(data.samples["patient_id"].unique())) + "\n")
         except OSError as exc:
@@ -806,6 +888,8 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
                              t, progress), run_here=main)
         if (epoch + 1) % t["last_every"] == 0 or epoch + 1 == t["epochs"]:
             saved_epoch = epoch + 1
+            if folder is not None:  # --overwrite: the new run can be resumed from now on
+                folder.discard_replaced()
     return {"run_dir": str(run_dir), "epochs": t["epochs"], "global_step": global_step,
             "skipped_steps": total_skipped, "final_loss": last_loss,
             "checkpoint": str(ckpt_dir / "last.pt"), "pair_samples": len(data),

@@ -1,26 +1,68 @@
-"""What every run writes beside its results: resolved config, seed, versions, git commit."""
+"""What every run writes beside its results (resolved config, seed, versions, git commit),
+how it writes (atomically; a failed write is one :class:`OutputError` line), and the run
+folder itself: one lock for every command that writes one (:func:`lock_folder`), and a folder
+holding a run refused unless it is resumed or replaced (:func:`open_run_folder`)."""
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
+import logging
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
 
 import yaml
 
 from mpcs.config import resume_conflicts, yaml_load
-from mpcs.errors import ConfigError
+from mpcs.errors import ConfigError, MpcsError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no run-folder lock
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 PACKAGES = ("mpcs", "torch", "torchvision", "timm", "numpy", "scikit-learn", "pandas", "pillow")
+#: The lock file of an output folder (held by the process writing it; see :func:`lock_folder`).
+LOCK_FILE = ".lock"
+#: Records every start writes anew: a folder holding only these holds no run yet.
+START_RECORDS = ("config.yaml", "run.json")
+
+
+class OutputError(MpcsError, OSError):
+    """An output folder or file cannot be created or written (not a folder, read-only, disk
+    full, in use by another process, or holding a run that is not to be replaced).
+
+    Also an :class:`OSError`, so code that handles a failed write handles this one too; its
+    ``strerror`` is the system's reason (e.g. "No space left on device"), ``str()`` the one
+    line for the user.
+    """
+
+
+def output_error(message: str, reason: str | None = None) -> OutputError:
+    """An :class:`OutputError` saying ``message``, with ``reason`` as its ``strerror``."""
+    err = OutputError(message)
+    err.strerror = reason  # no errno: str() stays ``message``
+    return err
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run; ``str()`` says where the run stands and how to go on (the
+    command line prints it after "interrupted")."""
 
 
 def package_versions() -> dict[str, str | None]:
@@ -51,18 +93,32 @@ def git_commit() -> str | None:
 @contextmanager
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success flush, fsync and rename it over
-    ``path``, so a crash leaves either the old file or the new one, never half of one."""
+    ``path``, so a crash leaves either the old file or the new one, never half of one.
+
+    A failed write (read-only folder, disk full) raises :class:`OutputError` naming ``path``
+    (also an :class:`OSError`); the temporary file is removed and ``path`` left as it was."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):  # never hide the failure behind a cleanup error
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, MpcsError):
+            raise _cannot_write(path, exc) from None
         raise
+
+
+def _cannot_write(path: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    return output_error(f"cannot write {path}: {reason}", reason)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -79,7 +135,10 @@ def write_run_info(run_dir: str | Path, cfg: Mapping[str, Any], extra: Mapping[s
     ``resumed`` list (time, commit, versions, command, host and ``extra`` of this start).
     """
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _cannot_write(run_dir, exc) from None
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dict(cfg), sort_keys=False))
     start = {
         "versions": package_versions(),
@@ -102,6 +161,19 @@ def _read_run_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None  # none yet, or cut short: this start's record replaces it
     return data if isinstance(data, dict) else None
+
+
+def last_recorded(run_json: str | Path, key: str) -> Any:
+    """The latest value of ``key`` in a ``run.json``: that of the last start (first start or
+    resume) that recorded one; None when none did or the file cannot be read."""
+    info = _read_run_json(Path(run_json))
+    if info is None:
+        return None
+    value = info.get(key)
+    for start in info.get("resumed", []):
+        if isinstance(start, Mapping) and start.get(key) is not None:
+            value = start[key]
+    return value
 
 
 def check_resumable(saved_config: str | Path, cfg: Mapping[str, Any],
@@ -132,3 +204,233 @@ def check_resumable(saved_config: str | Path, cfg: Mapping[str, Any],
             f"finished parts would be mixed with parts made under the new ones. Differing "
             f"keys (saved != now):\n  " + "\n  ".join(conflicts)
             + "\nResume with the saved settings, or start a new run in another folder.")
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+@dataclass(frozen=True)
+class FolderRules:
+    """How a command treats an output folder that already holds files.
+
+    Attributes:
+        resumable: the command has ``--resume`` (the refusal names it).
+        replaced_until: when the previous run that ``--overwrite`` moved aside is deleted.
+        records: files every start writes anew; a folder holding only these (besides the
+            lock, temporary files and empty files) holds no run yet.
+        caches: glob patterns of top-level files that are no part of a run and stay in
+            place on ``--overwrite`` (caches keyed by their inputs, safe to reuse).
+        subdirs: folders created inside the run folder.
+    """
+
+    resumable: bool
+    replaced_until: str
+    records: tuple[str, ...] = START_RECORDS
+    caches: tuple[str, ...] = ()
+    subdirs: tuple[str, ...] = ()
+
+
+@dataclass
+class RunFolder:
+    """A run folder locked by this process (see :func:`open_run_folder`); ``replaced`` is
+    where ``--overwrite`` moved the previous run, until :meth:`discard_replaced`."""
+
+    path: Path
+    lock: IO[str]
+    replaced: Path | None = None
+
+    def discard_replaced(self) -> None:
+        """Delete the previous run moved aside by ``--overwrite`` (call once the new run
+        can stand in for it); a failure to delete is a warning, never an error."""
+        if self.replaced is None:
+            return
+        try:
+            shutil.rmtree(self.replaced)
+            log.info("deleted the previous run %s, replaced by %s", self.replaced, self.path)
+        except OSError as exc:
+            log.warning("could not delete the previous run %s (%s); remove it yourself",
+                        self.replaced, exc.strerror or exc)
+        self.replaced = None
+
+    def close(self) -> None:
+        """Release the lock."""
+        self.lock.close()
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_output_folder(run_dir: str | Path) -> None:
+    """Refuse, before any work, an output path that cannot become a writable folder."""
+    run_dir = Path(run_dir)
+    where = run_dir.absolute()
+    existing = _existing_ancestor(where)
+    if not existing.is_dir():
+        what = "it is a file" if existing == where else f"{existing} is a file"
+        raise OutputError(f"cannot use {run_dir} as the run folder: {what}, not a folder; "
+                          f"choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write the run folder {run_dir}: {existing} is not writable "
+                          f"(permission denied or read-only); choose another --out")
+
+
+def check_output_file(path: str | Path) -> None:
+    """Refuse, before any work, an output file whose folder cannot be created or written."""
+    path = Path(path)
+    existing = _existing_ancestor(path.absolute().parent)
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {path}: {existing} is a file, not a folder; choose "
+                          f"another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: {existing} is not writable (permission "
+                          f"denied or read-only); choose another --out")
+
+
+def _ignorable(path: Path, rel: str, rules: FolderRules) -> bool:
+    """The lock, a temporary file, an empty file, a start record or a cache: no run."""
+    if rel == LOCK_FILE or rel in rules.records or fnmatch.fnmatch(path.name, ".*.tmp"):
+        return True
+    if any(fnmatch.fnmatch(rel, pattern) for pattern in rules.caches):
+        return True
+    try:
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def previous_run(run_dir: str | Path, rules: FolderRules) -> list[str]:
+    """The files of a previous run in ``run_dir`` (relative, sorted): every file but the
+    lock, temporary files, empty files, start records and caches (see :class:`FolderRules`);
+    empty when the folder is new, empty, or holds only those."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir).as_posix()
+        if not path.is_dir() and not _ignorable(path, rel, rules):
+            found.append(rel)
+    return found
+
+
+def _holds_a_run(run_dir: Path, found: Sequence[str], rules: FolderRules) -> OutputError:
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    how = "Continue it with --resume, replace" if rules.resumable else "Replace"
+    return OutputError(
+        f"{run_dir} already holds a run ({shown}); refusing to start over in it. {how} it with "
+        f"--overwrite (the old run is moved beside it to {run_dir.absolute().name}.replaced-"
+        f"<time> and deleted {rules.replaced_until}), or choose another --out")
+
+
+def _one_of(resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the folder and --overwrite replaces "
+                          "it: give one of them, not both")
+
+
+def check_run_folder(run_dir: str | Path, rules: FolderRules, resume: bool = False,
+                     overwrite: bool = False) -> None:
+    """Before any work: ``run_dir`` can become a writable folder, and holds no previous
+    run unless ``resume`` (continue it) or ``overwrite`` (replace it) is given."""
+    _one_of(resume, overwrite)
+    check_output_folder(run_dir)
+    found = [] if resume or overwrite else previous_run(run_dir, rules)
+    if found:
+        raise _holds_a_run(Path(run_dir), found, rules)
+
+
+def lock_folder(run_dir: str | Path) -> IO[str]:
+    """Create ``run_dir`` and lock it for this process (``run_dir/.lock``; released when the
+    returned file is closed or the process ends). :class:`OutputError` when the folder cannot
+    be created or another process holds the lock."""
+    run_dir = Path(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(run_dir / LOCK_FILE, "a")  # noqa: SIM115 - held for the whole run
+    except OSError as exc:
+        raise output_error(f"cannot create the run folder {run_dir}: {exc.strerror or exc}; "
+                           f"choose another --out", exc.strerror) from None
+    if fcntl is not None:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise OutputError(f"{run_dir} is in use by another mpcs process (it holds "
+                              f"{run_dir / LOCK_FILE}); wait for it to end or choose another "
+                              f"--out") from None
+    return lock
+
+
+def remove_temporary_files(run_dir: Path, subdirs: Iterable[str] = ()) -> None:
+    """Remove the temporary files of atomic writes that a killed run left behind."""
+    for folder in (run_dir, *(run_dir / sub for sub in subdirs)):
+        for tmp in folder.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            log.info("removed %s, a temporary file left by an interrupted run", tmp)
+
+
+def move_aside(run_dir: Path, rules: FolderRules) -> Path:
+    """Move everything in ``run_dir`` but the lock and the caches to a new folder beside it,
+    ``<name>.replaced-<time>``, and return that folder. Nothing is deleted."""
+    where = run_dir.absolute()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = where.with_name(f"{where.name}.replaced-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = where.with_name(f"{where.name}.replaced-{stamp}-{n}")
+    try:
+        aside.mkdir()
+        for entry in sorted(run_dir.iterdir()):
+            if entry.name != LOCK_FILE and not any(fnmatch.fnmatch(entry.name, pattern)
+                                                   for pattern in rules.caches):
+                os.replace(entry, aside / entry.name)
+    except OSError as exc:
+        raise output_error(f"--overwrite: cannot move the previous run in {run_dir} aside to "
+                           f"{aside}: {exc.strerror or exc}; nothing was deleted. Move it away "
+                           f"yourself or choose another --out", exc.strerror) from None
+    log.warning("--overwrite: moved the previous run in %s to %s; it is deleted %s", run_dir,
+                aside, rules.replaced_until)
+    return aside
+
+
+def open_run_folder(run_dir: str | Path, rules: FolderRules, resume: bool = False,
+                    overwrite: bool = False) -> RunFolder:
+    """Create and lock ``run_dir`` (see :func:`lock_folder`), remove temporary files left
+    by a killed run, and, unless ``resume``, make sure it holds no previous run: refused
+    (:class:`OutputError`) without ``overwrite``, moved aside (:func:`move_aside`) with it.
+    Close the returned :class:`RunFolder` to unlock."""
+    run_dir = Path(run_dir)
+    _one_of(resume, overwrite)
+    check_output_folder(run_dir)
+    lock = lock_folder(run_dir)
+    try:
+        remove_temporary_files(run_dir, rules.subdirs)
+        found = [] if resume else previous_run(run_dir, rules)
+        if found and not overwrite:
+            raise _holds_a_run(run_dir, found, rules)
+        folder = RunFolder(run_dir, lock, move_aside(run_dir, rules) if found else None)
+        _make_subdirs(run_dir, rules.subdirs)
+    except BaseException:
+        lock.close()
+        raise
+    return folder
+
+
+def _make_subdirs(run_dir: Path, subdirs: Iterable[str]) -> None:
+    try:
+        for sub in subdirs:
+            (run_dir / sub).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise output_error(f"cannot create the run folder {run_dir}: {exc.strerror or exc}; "
+                           f"choose another --out", exc.strerror) from None

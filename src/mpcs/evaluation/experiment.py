@@ -14,7 +14,8 @@ an interrupted one. It refuses settings that would change finished cells (those 
 the resolved fine-tuning configuration, each finished pre-training run's). A failed cell is
 reported in ``OUT/failures.jsonl`` and does not stop the others. Before anything trains, the
 runner refuses a split in which a patient is in two parts of a fold, and a pre-training run
-whose images include a validation or test patient.
+whose images include a validation or test patient. ``OUT`` is locked (``OUT/.lock``, the lock
+of every run folder) while the grid runs: a second process on it is refused.
 """
 
 from __future__ import annotations
@@ -37,13 +38,21 @@ from mpcs.config import (
     dump,
     resolve,
 )
+from mpcs.csvsafe import csv_text
 from mpcs.data.breakhis import scan_breakhis
 from mpcs.data.cache import default_cache_dir, load_images
 from mpcs.data.pairs import MAGNIFICATIONS
 from mpcs.data.splits import Splits, check_splits, make_splits
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
 from mpcs.engine.pretrain import pretrain
-from mpcs.engine.runinfo import atomic_write_text, check_resumable, write_run_info
+from mpcs.engine.runinfo import (
+    LOCK_FILE,
+    atomic_write_text,
+    check_output_folder,
+    check_resumable,
+    lock_folder,
+    write_run_info,
+)
 from mpcs.errors import ConfigError, DataError, MpcsError
 from mpcs.evaluation.metrics import classification_metrics
 
@@ -215,7 +224,8 @@ def _run_cell(cfg: Mapping[str, Any], fcfg: Mapping[str, Any], splits: Splits,
     val = _select(splits.frame(manifest, fold, "val"), magnification)
     test = _select(splits.frame(manifest, fold, "test"), magnification)
     run = linear_eval if cfg["mode"] == "linear" else finetune
-    return run(fcfg, train, val, test, cell, init=init, progress=progress)
+    # Only unfinished cells run: what a crash left in the cell is replaced.
+    return run(fcfg, train, val, test, cell, init=init, progress=progress, overwrite=True)
 
 
 def cross_magnification(cell: Path, splits: Splits, manifest: pd.DataFrame, fold: int,
@@ -238,7 +248,7 @@ def cross_magnification(cell: Path, splits: Splits, manifest: pd.DataFrame, fold
         rows.append({"train_magnification": train_magnification, "test_magnification": mag,
                      "ila": m["ila"], "pla": m["pla"], "n_images": m["n_images"]})
     table = pd.DataFrame(rows)
-    atomic_write_text(cell / "cross_magnification.csv", table.to_csv(index=False))
+    atomic_write_text(cell / "cross_magnification.csv", csv_text(table))
     return table
 
 
@@ -268,15 +278,25 @@ def recorded_cell(out: Path, cell: Path, key: Mapping[str, Any],
 def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                    resume: bool = False, progress: bool = True) -> pd.DataFrame:
     """Run the grid; returns one row per cell that has test metrics."""
-    if cfg["dataset"] != "breakhis":  # BACH / BCC: patch-based transfer grid
-        from mpcs.evaluation.transfer import run_transfer
-
-        return run_transfer(cfg, data, out, resume=resume, progress=progress)
     out, data = Path(out), Path(data)
-    if out.exists() and any(out.iterdir()) and not resume:
+    check_output_folder(out)
+    lock = lock_folder(out)  # one process per experiment folder (as pretrain and finetune)
+    try:
+        if cfg["dataset"] != "breakhis":  # BACH / BCC: patch-based transfer grid
+            from mpcs.evaluation.transfer import run_transfer
+
+            return run_transfer(cfg, data, out, resume=resume, progress=progress)
+        return _run_grid(cfg, data, out, resume, progress)
+    finally:
+        lock.close()
+
+
+def _run_grid(cfg: Mapping[str, Any], data: Path, out: Path, resume: bool,
+              progress: bool) -> pd.DataFrame:
+    """:func:`run_experiment` of a BreakHis grid in its locked folder ``out``."""
+    if any(p.name != LOCK_FILE for p in out.iterdir()) and not resume:
         raise ConfigError(f"{out} already holds an experiment; add --resume to continue it or "
                           "choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
     if resume:
         check_resumable(out / "config.yaml", cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
     fcfg = resolved_finetune_config(cfg, out, resume)
@@ -323,5 +343,5 @@ def run_experiment(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
         if cfg["keep_checkpoints"] == "fold0" and fold > 0:
             drop_checkpoints(out / f"fold{fold}", fold, rows)
     table = pd.DataFrame(rows)
-    atomic_write_text(out / "cells.csv", table.to_csv(index=False))
+    atomic_write_text(out / "cells.csv", csv_text(table))
     return table

@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from mpcs.csvsafe import read_csv
 from mpcs.engine.runinfo import atomic_write_text
+from mpcs.evaluation.html import escape_markdown
 
 if TYPE_CHECKING:
     from mpcs.viz.gradcam import CamImage
@@ -82,7 +84,7 @@ def _first_fold(exp: Path) -> Path | None:
 
 def _test_images(fold: Path) -> pd.DataFrame:
     """The fold's test images (path, label, magnification), from its cells' predictions."""
-    frames = [pd.read_csv(p, usecols=["path", "label", "magnification"])
+    frames = [read_csv(p, usecols=["path", "label", "magnification"])
               for p in sorted(fold.rglob("test_predictions.csv"))]
     if not frames:
         return pd.DataFrame(columns=["path", "label", "magnification"])
@@ -198,7 +200,7 @@ def _gradcam(exp: Path, out: Path, n_images: int, layer: str = "auto") -> list[F
         return []
     mag, lf = settings[0]
     ckpts = [cells[(base, mag, lf)], cells[(mpcs, mag, lf)]]
-    files = _pick_images(pd.read_csv(ckpts[1].parent / "test_predictions.csv"), n_images)
+    files = _pick_images(read_csv(ckpts[1].parent / "test_predictions.csv"), n_images)
     if not files:
         raise FileNotFoundError(f"{ckpts[1].parent}: no test image found on disk (moved data?)")
     runs = [explain(ckpt, files, "predicted", max_side=256, layer=layer)[1] for ckpt in ckpts]
@@ -240,12 +242,14 @@ def add_figures(exp_dir: str | os.PathLike[str], tsne_images: int = 200,
 
 
 def figures_markdown(figs: list[Figure]) -> str:
-    """The ``## Figures`` section: per figure an image line and its caption."""
+    """The ``## Figures`` section: per figure an image line and its caption (captions name
+    methods and folders: escaped with :func:`escape_markdown`)."""
     if not figs:
         return ""
     lines = ["## Figures", ""]
     for f in figs:
-        lines += [f"![{f.caption}]({f.path.as_posix()})", "", f.caption, ""]
+        caption = escape_markdown(f.caption)
+        lines += [f"![{caption}]({f.path.as_posix()})", "", caption, ""]
     return "\n".join(lines)
 
 

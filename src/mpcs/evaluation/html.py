@@ -8,6 +8,13 @@ else is shown as text (HTML-escaped). Local images become ``data:`` URIs, so the
 in a browser with no other file; a missing image is replaced by a visible note, and remote
 images are not fetched (they show as a note too).
 
+Names (methods, encoders, folders) go into the Markdown through :func:`escape_markdown`, so
+a name such as ``[x](javascript:alert(1))`` or ``![a](/etc/passwd)`` is shown as text, not
+turned into a link or an inlined file. The converter honours those backslash escapes and,
+whatever the Markdown says, only makes links to ``http``, ``https``, ``mailto`` or relative
+addresses (others are shown as text) and only inlines images inside ``base_dir`` (no
+absolute path, no ``..``).
+
 Example:
     >>> html = markdown_to_html("# Title\\n\\n| a | b |\\n|---|---|\\n| 1 | 2 |\\n")
     >>> "<table>" in html and "<h1" in html
@@ -25,7 +32,7 @@ from pathlib import Path
 
 from mpcs.engine.runinfo import atomic_write_text
 
-__all__ = ["markdown_to_html", "render_page", "write_html"]
+__all__ = ["escape_markdown", "markdown_to_html", "render_page", "write_html"]
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +59,7 @@ img { max-width: 100%; height: auto; border: 1px solid #ddd; }
 """.strip()
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
-_IMAGE_LINE = re.compile(r"^!\[([^\]]*)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)$")
+_IMAGE_LINE = re.compile(r"^!\[((?:\\.|[^\]\\])*)\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)$")
 _TABLE_SEP = re.compile(r"^\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?$")
 _BULLET = re.compile(r"^\s*[-*+]\s+(.*)$")
 _NUMBERED = re.compile(r"^\s*\d+[.)]\s+(.*)$")
@@ -60,6 +67,42 @@ _INLINE_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
 _LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
 _BOLD = re.compile(r"\*\*(.+?)\*\*")
 _ITALIC = re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])")
+_ESCAPED = re.compile(r"\\([!-/:-@\[-`{-~])")  # backslash + ASCII punctuation (CommonMark)
+_CODE_SPAN = re.compile(r"((?<!\\)`[^`]+`)")
+#: Characters :func:`escape_markdown` puts a backslash before.
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]<>|])")
+_SAFE_SCHEMES = ("http", "https", "mailto")
+#: Escaped punctuation is carried through the inline rules as a private-use character.
+_PRIVATE = 0xE000
+_PROTECTED = re.compile("[\ue021-\ue07e]")
+
+
+def escape_markdown(text: object) -> str:
+    """``text`` (a name) as literal Markdown text: no link, image, code, emphasis or table
+    cell break can come out of it, and line breaks become spaces."""
+    flat = " ".join(str(text).splitlines())
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+
+
+def _unescape(text: str) -> str:
+    """Markdown text with its backslash escapes resolved."""
+    return _ESCAPED.sub(r"\1", text)
+
+
+def _protect(text: str) -> str:
+    """Backslash-escaped punctuation as private-use characters the inline rules ignore."""
+    return _ESCAPED.sub(lambda m: chr(_PRIVATE + ord(m.group(1))), text)
+
+
+def _plain(text: str) -> str:
+    """Protected characters back as the characters themselves."""
+    return _PROTECTED.sub(lambda m: chr(ord(m.group(0)) - _PRIVATE), text)
+
+
+def _safe_href(url: str) -> bool:
+    """Only web, mail and relative links (no ``javascript:``, ``data:``, ``file:`` ...)."""
+    scheme = re.match(r"^([a-z][a-z0-9+.-]*):", url, re.I)
+    return scheme is None or scheme.group(1).lower() in _SAFE_SCHEMES
 
 
 class _Images:
@@ -75,7 +118,11 @@ class _Images:
                     f'{html.escape(src)}]</span>')
         if src.startswith("data:"):
             return f'<img src="{html.escape(src, quote=True)}" alt="{alt_attr}">'
-        path = Path(src) if Path(src).is_absolute() or self.base is None else self.base / src
+        if Path(src).is_absolute() or ".." in Path(src).parts:
+            log.warning("report.html: image %s not embedded (outside the report folder)", src)
+            return (f'<span class="missing">[image outside the report folder not embedded: '
+                    f'{html.escape(src)}]</span>')
+        path = Path(src) if self.base is None else self.base / src
         mime = _MIME.get(path.suffix.lower())
         try:
             if mime is None:
@@ -90,7 +137,7 @@ class _Images:
 def _inline(text: str, images: _Images) -> str:
     """Escape ``text`` and apply the inline markup (code spans are left verbatim)."""
     out = []
-    for part in re.split(r"(`[^`]+`)", text):
+    for part in _CODE_SPAN.split(text):
         if len(part) > 1 and part.startswith("`") and part.endswith("`"):
             out.append(f"<code>{html.escape(part[1:-1])}</code>")
         else:
@@ -106,13 +153,22 @@ def _inline_text(part: str, images: _Images) -> str:
         kept.append(s)
         return f"\x00{len(kept) - 1}\x00"
 
-    part = _INLINE_IMAGE.sub(lambda m: keep(images.tag(m.group(1), m.group(2))), part)
-    part = _LINK.sub(lambda m: keep(
-        f'<a href="{html.escape(m.group(2), quote=True)}">{html.escape(m.group(1))}</a>'), part)
+    part = _protect(part)
+    part = _INLINE_IMAGE.sub(
+        lambda m: keep(images.tag(_plain(m.group(1)), _plain(m.group(2)))), part)
+    part = _LINK.sub(lambda m: keep(_link(_plain(m.group(1)), _plain(m.group(2)))), part)
     part = html.escape(part, quote=False)
     part = _BOLD.sub(r"<strong>\1</strong>", part)
     part = _ITALIC.sub(r"<em>\1</em>", part)
-    return re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], part)
+    part = re.sub("\x00(\\d+)\x00", lambda m: kept[int(m.group(1))], part)
+    return _PROTECTED.sub(lambda m: html.escape(_plain(m.group(0))), part)
+
+
+def _link(text: str, url: str) -> str:
+    """An ``<a>`` to ``url``, or the Markdown shown as text when the scheme is not safe."""
+    if not _safe_href(url):
+        return html.escape(f"[{text}]({url})")
+    return f'<a href="{html.escape(url, quote=True)}">{html.escape(text)}</a>'
 
 
 def _cells(line: str) -> list[str]:
@@ -192,7 +248,7 @@ def markdown_to_html(text: str, base_dir: str | os.PathLike[str] | None = None) 
             continue
         m = _IMAGE_LINE.match(stripped)
         if m:
-            out.append(f"<figure>{images.tag(m.group(1), m.group(2))}</figure>")
+            out.append(f"<figure>{images.tag(_unescape(m.group(1)), m.group(2))}</figure>")
             i += 1
             continue
         if ("|" in stripped and i + 1 < len(lines)

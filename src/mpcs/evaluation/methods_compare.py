@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from mpcs.config import resolve
+from mpcs.csvsafe import safe_frame
 from mpcs.data.breakhis import scan_breakhis
 from mpcs.data.cache import load_images
 from mpcs.data.pairs import MAGNIFICATIONS
@@ -121,8 +122,8 @@ def compare_methods(out: str | Path, methods: Sequence[str] = tuple(METHOD_PRESE
               f"final loss {summary['final_loss']:.3f}", flush=True)
     results = pd.DataFrame(rows)
     run_table = pd.DataFrame(runs)
-    results.to_csv(out / "methods.csv", index=False)
-    run_table.to_csv(out / "methods_runs.csv", index=False)
+    safe_frame(results).to_csv(out / "methods.csv", index=False)
+    safe_frame(run_table).to_csv(out / "methods_runs.csv", index=False)
     table = methods_table(results, run_table)
     n_epochs = run_table["epochs"].iloc[0] if len(run_table) else 0
     atomic_write_text(out / "methods.md", (

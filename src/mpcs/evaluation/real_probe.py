@@ -47,6 +47,7 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from mpcs.config import config_kind, load_preset, resolve
+from mpcs.csvsafe import csv_text, read_csv
 from mpcs.data.breakhis import scan_breakhis
 from mpcs.data.cache import default_cache_dir, load_images
 from mpcs.engine.finetune import finetune
@@ -135,13 +136,24 @@ def parse_variant(text: str) -> Variant:
     if not sep or not name or not spec:
         raise ConfigError(f"--variant expects NAME=none, NAME=imagenet or "
                           f"NAME=PRESET[,key=value,...], got {text!r}")
-    head, *overrides = spec.split(",")
+    head, *overrides = _split_top_level(spec)
     if head in ("none", "imagenet"):
         if overrides:
             raise ConfigError(f"--variant {text!r}: {head} takes no overrides")
         return Variant(name, head)
     init = "finetune" if config_kind(load_preset(head)) == "finetune" else "mpcs"
     return Variant(name, init, head, tuple(overrides))
+
+
+def _split_top_level(spec: str) -> list[str]:
+    """Split at commas outside brackets: ``a,b=[1, 2]`` -> ``["a", "b=[1, 2]"]``."""
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(spec):
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(c, 0)
+        if c == "," and depth == 0:
+            parts.append(spec[start:i])
+            start = i + 1
+    return [*parts, spec[start:]]
 
 
 def default_variants() -> list[Variant]:
@@ -215,7 +227,7 @@ def _check_settings(out: Path, settings: ProbeSettings, data_dir: Path,
 
 def _read_results(out: Path) -> list[dict[str, Any]]:
     path = out / RESULTS
-    return pd.read_csv(path).to_dict("records") if path.exists() else []
+    return read_csv(path).to_dict("records") if path.exists() else []
 
 
 class _Encoders:
@@ -312,7 +324,7 @@ def run_real_probe(data_dir: str | Path, out: str | Path, settings: ProbeSetting
         row = {"repeat": r, "fold": k, "variant": v.name, **scores,
                "seconds": round(time.perf_counter() - t0, 1)}
         records.append(row)
-        atomic_write_text(out / RESULTS, pd.DataFrame(records).to_csv(index=False))
+        atomic_write_text(out / RESULTS, csv_text(pd.DataFrame(records)))
         if on_row is not None:
             on_row(row)
     results = pd.DataFrame(records)
@@ -332,7 +344,7 @@ def finetune_cell(v: Variant, rows: pd.DataFrame, train: np.ndarray, test: np.nd
                              f"data.input_size={settings.input_size}", f"seed={seed}"])
     fit, val = _carve_validation(rows.iloc[train], seed)
     summary = finetune(cfg, fit, val, rows.iloc[test], run_dir, init="imagenet",
-                       progress=False)
+                       progress=False, overwrite=True)  # a cell without a result is redone
     if not keep_checkpoints:
         (run_dir / "best.pt").unlink(missing_ok=True)
     return {"ila": summary["test_ila"], "pla": summary["test_pla"]}

@@ -9,7 +9,11 @@ recomputes all metrics from the saved predictions, and writes
 * ``DIR/report.md``: per encoder, mode and label fraction, ILA and PLA as mean±std over folds
   per magnification and their mean, the paired t-test p-value of each MPCS variant against
   the baseline over (fold, magnification) pairs, and the paper's numbers where the setting
-  matches.
+  matches. Names (dataset, mode, method, encoder) enter it through
+  :func:`mpcs.evaluation.html.escape_markdown`, so a name is always shown as text.
+
+CSV files are written and read through :mod:`mpcs.csvsafe` (a text cell that starts with
+``= + - @`` is written with an apostrophe in front and read back without it).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mpcs.csvsafe import csv_text, read_csv
 from mpcs.engine.runinfo import atomic_write_text
 from mpcs.errors import DataError
 from mpcs.evaluation.figures import finish_report
+from mpcs.evaluation.html import escape_markdown
 from mpcs.evaluation.metrics import classification_metrics
 from mpcs.evaluation.paper import paper_row
 from mpcs.evaluation.stats import format_mean_std, paired_test
@@ -34,7 +40,7 @@ METRICS = ["ila", "pla", "precision", "recall", "f1", "roc_auc"]
 
 def _cell_rows(cell_json: Path) -> list[dict]:
     meta = json.loads(cell_json.read_text())
-    preds = pd.read_csv(cell_json.parent / "test_predictions.csv")
+    preds = read_csv(cell_json.parent / "test_predictions.csv")
     rows = []
     for mag, g in preds.groupby("magnification", sort=False):
         y = (g["label"] == "malignant").astype(int).to_numpy()
@@ -47,6 +53,9 @@ def _cell_rows(cell_json: Path) -> list[dict]:
 def collect_results(exp_dir: str | Path) -> pd.DataFrame:
     """All finished cells of an experiment folder as one table (see module docstring)."""
     exp_dir = Path(exp_dir)
+    if not exp_dir.is_dir():
+        raise DataError(f"{exp_dir}: folder not found" if not exp_dir.exists() else
+                        f"{exp_dir}: not a folder; give an experiment folder")
     cells = sorted(p for p in exp_dir.rglob("cell.json")
                    if (p.parent / "test_predictions.csv").exists())
     if not cells:
@@ -72,7 +81,8 @@ def _table(group: pd.DataFrame, metric: str, encoder: str, fraction: float) -> l
     mags = [m for m in MAGS if m in set(group["magnification"])]
     methods = list(group["method"].unique())
     base = _baseline(methods)
-    header = f"| method | {' | '.join(mags)} | Mean | p vs {base or '-'} | paper Mean |"
+    header = (f"| method | {' | '.join(mags)} | Mean | p vs {escape_markdown(base or '-')} "
+              "| paper Mean |")
     lines = [header, "|" + "---|" * (len(mags) + 4)]
     for method in _method_order(methods, base):
         g = group[group["method"] == method]
@@ -85,7 +95,7 @@ def _table(group: pd.DataFrame, metric: str, encoder: str, fraction: float) -> l
         cells.append(_p_value(group, method, base, metric, mags))
         paper = paper_row(encoder, fraction, method, metric)
         cells.append(f"{paper['Mean']:.2f}" if paper else "-")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append(f"| {escape_markdown(method)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -114,8 +124,8 @@ def format_report(results: pd.DataFrame, title: str = "mpcs experiment report") 
     for (dataset, mode, encoder, fraction), group in results.groupby(
             ["dataset", "mode", "encoder", "label_fraction"], sort=True):
         for metric, name in (("ila", "Image-level accuracy"), ("pla", "Patient-level accuracy")):
-            lines += [f"## {dataset}, {mode}, {encoder}, {fraction:g} of the training labels: "
-                      f"{name}", ""]
+            names = ", ".join(escape_markdown(x) for x in (dataset, mode, encoder))
+            lines += [f"## {names}, {fraction:g} of the training labels: {name}", ""]
             lines += _table(group, metric, encoder, fraction)
             lines.append("")
     return "\n".join(lines)
@@ -129,7 +139,7 @@ def collect_cross_magnification(exp_dir: Path) -> pd.DataFrame:
         if not meta_path.exists():
             continue
         meta = json.loads(meta_path.read_text())
-        table = pd.read_csv(path)
+        table = read_csv(path)
         for key in ("method", "encoder", "fold", "label_fraction", "mode"):
             table[key] = meta[key]
         frames.append(table)
@@ -142,7 +152,8 @@ def format_cross_magnification(cross: pd.DataFrame) -> str:
              "Rows: magnification trained at; columns: magnification tested at.", ""]
     for (mode, encoder, fraction, method), g in cross.groupby(
             ["mode", "encoder", "label_fraction", "method"], sort=True):
-        lines += [f"### {method}, {mode}, {encoder}, {fraction:g} of the training labels", "",
+        names = ", ".join(escape_markdown(x) for x in (method, mode, encoder))
+        lines += [f"### {names}, {fraction:g} of the training labels", "",
                   "| trained at | " + " | ".join(MAGS) + " |", "|" + "---|" * (len(MAGS) + 1)]
         for train_mag in MAGS:
             row = g[g["train_magnification"] == train_mag]
@@ -171,11 +182,11 @@ def write_report(exp_dir: str | Path, figures: bool = True) -> tuple[Path, Path]
         return csv_path, md_path
     results = collect_results(exp_dir)
     csv_path, md_path = exp_dir / "results.csv", exp_dir / "report.md"
-    atomic_write_text(csv_path, results.to_csv(index=False))
+    atomic_write_text(csv_path, csv_text(results, csv_path))
     text = format_report(results)
     cross = collect_cross_magnification(exp_dir)
     if not cross.empty:
-        atomic_write_text(exp_dir / "cross_magnification.csv", cross.to_csv(index=False))
+        atomic_write_text(exp_dir / "cross_magnification.csv", csv_text(cross))
         text += "\n" + format_cross_magnification(cross)
     atomic_write_text(md_path, text)
     finish_report(exp_dir, md_path, figures=figures)

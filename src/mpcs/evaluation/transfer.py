@@ -47,6 +47,7 @@ import torch
 from sklearn.metrics import precision_recall_fscore_support
 
 from mpcs.config import EXPERIMENT_DEFAULTS
+from mpcs.csvsafe import csv_text, read_csv
 from mpcs.data.bach import BACH_CLASSES, scan_bach
 from mpcs.data.bcc import BCC_CLASSES, scan_bcc
 from mpcs.data.cache import default_cache_dir, load_images
@@ -55,7 +56,7 @@ from mpcs.data.splits import check_splits
 from mpcs.data.stain import build_normaliser
 from mpcs.engine.checkpoint import load_checkpoint
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
-from mpcs.engine.runinfo import atomic_write_text, check_resumable
+from mpcs.engine.runinfo import LOCK_FILE, atomic_write_text, check_resumable
 from mpcs.errors import ConfigError, DataError
 from mpcs.evaluation.experiment import (
     BASELINE_NAMES,
@@ -292,7 +293,7 @@ def tta_probabilities(checkpoint: Path, paths: Sequence[str], kind: str,
 def _finish_part(cell: Path, part: str, frame: pd.DataFrame, ds: TransferDataset, tta: str,
                  cache_dir: str | None) -> None:
     """Write ``<part>_patches.csv`` and ``<part>_images.csv`` (majority vote) of a cell."""
-    preds = pd.read_csv(cell / f"{part}_predictions.csv")
+    preds = read_csv(cell / f"{part}_predictions.csv")
     preds = preds.set_index("path").loc[frame["path"].astype(str)].reset_index()
     probs = (_probabilities(preds, ds.classes) if tta == "none"
              else tta_probabilities(cell / "best.pt", frame["path"].tolist(), tta, cache_dir))
@@ -304,11 +305,11 @@ def _finish_part(cell: Path, part: str, frame: pd.DataFrame, ds: TransferDataset
                             "stain_fallback": frame["stain_fallback"].to_numpy()})
     for i, c in enumerate(classes):
         patches[f"prob_{c}"] = probs[:, i]
-    atomic_write_text(cell / f"{part}_patches.csv", patches.to_csv(index=False))
+    atomic_write_text(cell / f"{part}_patches.csv", csv_text(patches))
     votes = majority_vote(patches["image_id"], probs, classes)
     labels = frame.groupby("image_id", sort=False)["label"].first()
     votes.insert(1, "label", labels.loc[votes["image_id"]].to_numpy())
-    atomic_write_text(cell / f"{part}_images.csv", votes.to_csv(index=False))
+    atomic_write_text(cell / f"{part}_images.csv", csv_text(votes))
 
 
 def cell_scores(cell: Path, ds: TransferDataset) -> dict[str, float]:
@@ -317,12 +318,12 @@ def cell_scores(cell: Path, ds: TransferDataset) -> dict[str, float]:
     scores: dict[str, float] = {}
     for part in ("val", "test"):
         for level, name in (("patch", "patches"), ("image", "images")):
-            table = pd.read_csv(cell / f"{part}_{name}.csv")
+            table = read_csv(cell / f"{part}_{name}.csv")
             s = classification_scores(table["label"], table["prediction"], ds.classes,
                                       ds.positive)
             scores.update({f"{part}_{level}_{k}": v for k, v in s.items()})
-        scores[f"n_{part}_images"] = int(len(pd.read_csv(cell / f"{part}_images.csv")))
-    scores["n_test_patches"] = int(len(pd.read_csv(cell / "test_patches.csv")))
+        scores[f"n_{part}_images"] = int(len(read_csv(cell / f"{part}_images.csv")))
+    scores["n_test_patches"] = int(len(read_csv(cell / "test_patches.csv")))
     return scores
 
 
@@ -354,7 +355,7 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                  resume: bool = False, progress: bool = True) -> pd.DataFrame:
     """Run the transfer grid (module docstring); one row per cell with its status."""
     out, data = Path(out), Path(data)
-    if out.exists() and any(out.iterdir()) and not resume:
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not resume:
         raise ConfigError(f"{out} already holds an experiment; add --resume to continue it or "
                           "choose another --out")
     ds = DATASETS[cfg["dataset"]]
@@ -395,7 +396,7 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
                                                                     fraction=fraction))
                         run = linear_eval if mode == "linear" else finetune
                         run(fcfg, train, val, test, cell, init=init, progress=progress,
-                            class_names=ds.classes)
+                            class_names=ds.classes, overwrite=True)  # an unfinished cell
                         for part, frame in (("val", val), ("test", test)):
                             _finish_part(cell, part, frame, ds, cfg["transfer"]["tta"], cache)
                         scores = cell_scores(cell, ds)
@@ -408,7 +409,7 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
         if cfg["keep_checkpoints"] == "fold0" and fold > 0:
             drop_checkpoints(out / f"fold{fold}", fold, rows)
     table = pd.DataFrame(rows)
-    atomic_write_text(out / "cells.csv", table.to_csv(index=False))
+    atomic_write_text(out / "cells.csv", csv_text(table))
     return table
 
 
@@ -532,6 +533,6 @@ def write_transfer_report(exp_dir: str | Path) -> tuple[Path, Path]:
     exp_dir = Path(exp_dir)
     results = collect_transfer_results(exp_dir)
     csv_path, md_path = exp_dir / "results.csv", exp_dir / "report.md"
-    atomic_write_text(csv_path, results.to_csv(index=False))
+    atomic_write_text(csv_path, csv_text(results, csv_path))
     atomic_write_text(md_path, format_transfer_report(results))
     return csv_path, md_path

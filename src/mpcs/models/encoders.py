@@ -39,6 +39,7 @@ import torch
 from timm.models import group_modules
 from torch import nn
 
+from mpcs.engine.checkpoint import torch_load_safely
 from mpcs.errors import CheckpointError, ConfigError
 from mpcs.models.lite_weights import LITE_MEAN, LITE_STD, lite_weights_available
 from mpcs.models.lite_weights import load_lite_imagenet as _load_lite_imagenet
@@ -437,18 +438,34 @@ def load_encoder_weights(
     return _checkpoint_norm(raw, default_norm or (IMAGENET_MEAN, IMAGENET_STD))
 
 
+def check_weights(weights: str | os.PathLike[str]) -> None:
+    """Read the weights file ``weights`` names, if any, and find its state dict, so that a
+    refused or unreadable file stops a run before its data are loaded ("none" and
+    "imagenet" pass; whether the tensors fit the model is checked when it is built).
+
+    Raises:
+        ConfigError: not "none", "imagenet" or an existing file with a known suffix.
+        CheckpointError: the file is refused (pickled code) or unreadable, in one line.
+    """
+    _, path = _parse_weights(weights)
+    if path is not None:
+        _extract_state_dict(_read_checkpoint(path), path)
+
+
 def _read_checkpoint(path: Path) -> Any:
-    """Read ``path`` on the CPU (safetensors or ``torch.load(weights_only=True)``)."""
+    """Read ``path`` on the CPU (safetensors or ``torch.load(weights_only=True)``; a pickled
+    object is refused in one line of ours, never with torch's advice to load it anyway)."""
     if not path.is_file():
         raise CheckpointError(f"weights file {path} does not exist")
+    if path.suffix.lower() != ".safetensors":
+        return torch_load_safely(path, "weights file")
     try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
+        from safetensors.torch import load_file
 
-            return load_file(str(path), device="cpu")
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(str(path), device="cpu")
     except Exception as error:  # broad on purpose: report any read failure with the file name
-        raise CheckpointError(f"could not read weights file {path}: {error}") from error
+        flat = " ".join(str(error).split())
+        raise CheckpointError(f"could not read weights file {path}: {flat}") from None
 
 
 def _extract_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:
