@@ -232,7 +232,7 @@ def test_export_into_a_new_or_existing_folder_still_works(ckpt: Path, tmp_path: 
     (tmp_path / "existing").mkdir()
     for out in (tmp_path / "new" / "deeper", tmp_path / "existing"):
         assert main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
-        assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json"}
+        assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "README.md"}
 
 
 @pytest.mark.parametrize("command", ["embed", "export"])

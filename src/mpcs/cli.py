@@ -8,9 +8,13 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mpcs import __version__
-from mpcs.errors import ConfigError, MpcsError
+from mpcs.errors import ConfigError, DataError, MpcsError
+
+if TYPE_CHECKING:
+    from mpcs.data.download import FetchSettings
 
 log = logging.getLogger("mpcs")
 
@@ -57,7 +61,6 @@ def _fold_part(data: str, splits_file: str, fold: int | None, part: str) -> list
 def cmd_inspect(args: argparse.Namespace) -> int:
     from mpcs.data.breakhis import format_summary, scan_breakhis, summarize
     from mpcs.data.cache import quiet_pil_warnings, with_skip_hint
-    from mpcs.errors import DataError
 
     try:
         with quiet_pil_warnings():
@@ -298,9 +301,69 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from mpcs.inference import export_encoder
 
-    path = export_encoder(args.checkpoint, args.out)
-    print(f"wrote {path} (timm state dict) and its config.json")
+    path = export_encoder(args.checkpoint, args.out, report=args.report)
+    print(f"wrote {path}: model.safetensors, config.json (timm's save_for_hf layout) and "
+          f"README.md (model card); load it with timm.create_model(\"local-dir:{path}\", "
+          "pretrained=True, num_classes=0)")
     return 0
+
+
+def _fetch_settings(args: argparse.Namespace) -> FetchSettings:
+    """``--retries`` and ``--timeout`` as :class:`mpcs.data.download.FetchSettings`."""
+    from mpcs.data.download import FetchSettings
+
+    if args.retries < 0 or not 0 < args.timeout < float("inf"):
+        raise ConfigError(f"--retries must be >= 0 and --timeout a number of seconds > 0, got "
+                          f"{args.retries} and {args.timeout}")
+    return FetchSettings(retries=args.retries, timeout=args.timeout)
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from mpcs.data.download import REGISTRY, install_dataset
+
+    settings = _fetch_settings(args)
+    source = REGISTRY[args.dataset]
+    result = install_dataset(source, args.to, archive=args.from_, url=args.url,
+                             settings=settings,
+                             allow_differences=args.allow_differences,
+                             remove_archive=args.remove_archive, progress=not args.quiet)
+    print(result.report())
+    if not result.usable:
+        raise DataError(f"{args.dataset}: the data in {result.root} differ from the published "
+                        f"numbers ({len(result.differences)} count(s), {len(result.unreadable)} "
+                        "unreadable file(s); listed above). They are kept: check the archive, "
+                        "or add --allow-differences to use them as they are")
+    if not result.ok:
+        print(f"warning: {args.dataset}: differences accepted (--allow-differences)")
+    print(f"{args.dataset} ready: {result.root} (give this folder to --data)")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from mpcs.evaluation.reproduce import (
+        estimate_gpu_hours,
+        format_estimate,
+        parse_tables,
+        plan_stages,
+        run_reproduce,
+    )
+
+    tables = parse_tables(args.tables)
+    if args.dry_run:
+        for stage in plan_stages(tables, args.scale, args.out):
+            print(f"stage {stage.key}: Tables {', '.join(map(str, stage.tables))}, "
+                  f"{stage.kind} {stage.preset} {' '.join(stage.overrides)}".rstrip())
+        print(format_estimate(estimate_gpu_hours(plan_stages(tables, "paper", args.out)),
+                              args.scale))
+        return 0
+    settings = _fetch_settings(args)
+    report, failed = run_reproduce(
+        args.out, tables, data_root=args.data_root, scale=args.scale, source=args.source,
+        allow_differences=args.allow_differences, figures=not args.no_figures,
+        settings=settings, progress=not args.quiet)
+    print(f"reproduction report: {report}"
+          + (f" ({failed} failed cell(s): see the stages' failures.jsonl)" if failed else ""))
+    return 1 if failed else 0
 
 
 def cmd_tsne(args: argparse.Namespace) -> int:
@@ -396,6 +459,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_synth)
 
+    s = sub.add_parser("download", help="download, check and unpack BreakHis, BACH or UCSB "
+                       "BCC from the official source, verified against the published counts")
+    s.add_argument("dataset", choices=("breakhis", "bach", "bcc"))
+    s.add_argument("--to", required=True, help="folder for the archive and the unpacked data")
+    s.add_argument("--from", dest="from_", metavar="ARCHIVE", help="an archive copied by hand "
+                   "(no network): checked, unpacked and verified like a download")
+    s.add_argument("--url", help="download from this URL (a mirror) instead of the official one")
+    s.add_argument("--allow-differences", action="store_true", help="accept data whose counts "
+                   "differ from the published numbers (listed) instead of stopping")
+    s.add_argument("--retries", type=int, default=4, help="retries after a failed try, with "
+                   "back-off 2, 4, 8, ... s (default 4)")
+    s.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds "
+                   "(default 60)")
+    s.add_argument("--remove-archive", action="store_true",
+                   help="delete the downloaded archive once unpacked and verified")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_download)
+
     s = sub.add_parser("pretrain", help="MPCS self-supervised pre-training")
     s.add_argument("--data", required=True)
     s.add_argument("--out", required=True, help="run folder")
@@ -468,6 +549,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_experiment)
 
+    s = sub.add_parser("reproduce", help="the paper's Tables 5-9 from nothing: data download "
+                       "and check, every experiment with the paper presets, one report beside "
+                       "the paper's numbers (a second call continues)")
+    s.add_argument("--out", required=True, help="reproduction folder")
+    s.add_argument("--tables", default="5,6,7,8,9", help="comma-separated tables of the paper "
+                   "(default 5,6,7,8,9)")
+    s.add_argument("--data-root", help="folder of the data sets: downloaded there unless found "
+                   "verified there (default OUT/data)")
+    s.add_argument("--scale", choices=("paper", "cpu-tiny"), default="paper",
+                   help="paper: the paper presets (GPU; prints the estimated GPU time first); "
+                   "cpu-tiny: the same chain at tiny settings on the CPU, in minutes")
+    s.add_argument("--source", choices=("official", "synthetic"), default=None,
+                   help="the data: the official archives (default at paper scale) or synthetic "
+                   "stand-ins packed like them (default at cpu-tiny)")
+    s.add_argument("--allow-differences", action="store_true", help="use data whose counts "
+                   "differ from the published numbers (listed) instead of stopping")
+    s.add_argument("--no-figures", action="store_true", help="no pictures in the stages' "
+                   "reports (tables only)")
+    s.add_argument("--retries", type=int, default=4, help="download retries (default 4)")
+    s.add_argument("--timeout", type=float, default=60.0, help="network timeout, s")
+    s.add_argument("--dry-run", action="store_true", help="print the stages and the GPU-time "
+                   "estimate; run nothing")
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_reproduce)
+
     s = sub.add_parser("real-probe", help="does pre-training help on your images? Frozen "
                        "linear-probe ILA/PLA of random init, ImageNet and MPCS (pre-trained "
                        "per fold without the fold's test patients) over repeated "
@@ -512,9 +618,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--quiet", action="store_true")
         s.set_defaults(func=func)
 
-    s = sub.add_parser("export", help="the encoder as a timm safetensors state dict + JSON")
+    s = sub.add_parser("export", help="the encoder in timm's hub layout (model.safetensors, "
+                       "config.json, README.md model card): timm.create_model(\"local-dir:OUT\", "
+                       "pretrained=True) loads it offline, hf-hub: after an upload")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--report", help="a report.md (or the experiment / reproduction folder "
+                   "holding it) whose tables go into the model card")
     s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("tsne", help="t-SNE pictures of features, per magnification and all")

@@ -22,3 +22,8 @@ class ConfigError(MpcsError):
 
 class CheckpointError(MpcsError):
     """A checkpoint is missing, unreadable, or does not match the run that loads it."""
+
+
+class DownloadError(MpcsError):
+    """A data set could not be fetched or its archive was refused (unreachable URL, HTTP
+    error, checksum mismatch, unsafe archive member); the message names the URL or file."""

@@ -6,8 +6,9 @@ Everything comes from the checkpoint (no configuration file):
   pooled features ``f0..f{D-1}``) to ``.parquet`` (needs pyarrow) or ``.csv``;
 * :func:`predict` writes class probabilities and the prediction per image of a fine-tuned
   ``best.pt``, plus a patient-level table ``<out>_patients.csv`` when BreakHis names parse;
-* :func:`export_encoder` writes ``model.safetensors`` and ``config.json`` that plain timm
-  loads (``timm.create_model(timm_name, pretrained=False, num_classes=0, **timm_kwargs)``).
+* :func:`export_encoder` writes ``model.safetensors``, ``config.json`` and a ``README.md``
+  model card in the layout of timm's ``save_for_hf``, so that plain timm loads it
+  (``timm.create_model("local-dir:DIR", pretrained=True, num_classes=0)``, offline).
 
 Images are decoded with :func:`mpcs.data.images.load_rgb`, resized to the encoder's input size
 and normalised with its mean/std (:func:`mpcs.data.transforms.eval_transform`), one image at a
@@ -48,6 +49,7 @@ from mpcs.data.transforms import eval_transform
 from mpcs.engine.checkpoint import load_checkpoint
 from mpcs.engine.runinfo import atomic_write_text, check_output_file
 from mpcs.errors import CheckpointError, ConfigError, DataError
+from mpcs.hub_export import model_card, read_report, timm_config
 from mpcs.models.encoders import Encoder
 
 __all__ = [
@@ -476,29 +478,48 @@ def _export_folder(out: Path) -> None:
                           "into a folder: give a new or existing folder as --out")
 
 
-def export_encoder(checkpoint: PathLike, out_dir: PathLike) -> Path:
-    """Write the encoder as ``out_dir/model.safetensors`` (the timm model's state dict) and
-    ``out_dir/config.json`` (``timm_name, timm_kwargs, num_features, input_size, mean, std,
-    source_checkpoint``). Returns ``out_dir``.
+def _checkpoint_meta(path: PathLike) -> dict[str, Any]:
+    """A checkpoint's records without its tensors (configuration, epoch, ...)."""
+    state = load_checkpoint(path)
+    return {k: v for k, v in state.items()
+            if k not in ("model", "optimizer", "scheduler", "rng")}
 
-    Load it with plain timm::
 
-        net = timm.create_model(cfg["timm_name"], pretrained=False, num_classes=0,
-                                **cfg["timm_kwargs"])
-        net.load_state_dict(safetensors.torch.load_file(out_dir / "model.safetensors"))
+def _patients_of(checkpoint: PathLike) -> int | None:
+    """Patients a pre-training run used (its ``pretrain_patients.txt``), when beside it."""
+    listing = Path(checkpoint).resolve().parent.parent / "pretrain_patients.txt"
+    try:
+        return len(listing.read_text().split())
+    except OSError:
+        return None
 
-    and feed images resized to ``input_size`` (bilinear, antialiased) and normalised with
-    ``mean``/``std``.
+
+def export_encoder(checkpoint: PathLike, out_dir: PathLike, report: PathLike | None = None
+                   ) -> Path:
+    """Write the encoder in the layout of timm's ``save_for_hf``: ``out_dir/model.safetensors``
+    (the timm model's state dict), ``out_dir/config.json`` (:func:`mpcs.hub_export.timm_config`:
+    ``architecture``, ``num_features``, ``pretrained_cfg`` with input size, mean and std, and
+    mpcs's keys ``timm_name, timm_kwargs, input_size, mean, std, source_checkpoint``) and
+    ``out_dir/README.md`` (a model card: data, method, pair strategy, epochs, and the tables
+    of ``report`` when given). Returns ``out_dir``.
+
+    Load it with timm alone, offline::
+
+        net = timm.create_model("local-dir:OUT_DIR", pretrained=True, num_classes=0)
+
+    (``hf-hub:USER/REPO`` after an upload), and feed images resized to ``input_size``
+    (bilinear, antialiased) and normalised with ``mean``/``std``.
 
     Raises:
         ConfigError: ``out_dir`` is, or lies under, an existing file (checked first; the file
-            is left as it is).
+            is left as it is), or ``report`` is missing.
         CheckpointError: an unusable checkpoint (a folder is named as one).
     """
     from safetensors.torch import save_file
 
     out = Path(out_dir)
     _export_folder(out)
+    card_report = read_report(report) if report is not None else None
     loaded = load_model(checkpoint)
     enc = loaded.encoder
     try:
@@ -514,16 +535,11 @@ def export_encoder(checkpoint: PathLike, out_dir: PathLike) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    config = {
-        "timm_name": enc.timm_name,
-        "timm_kwargs": dict(enc.timm_kwargs),
-        "num_features": int(enc.num_features),
-        "input_size": int(loaded.input_size),
-        "mean": list(enc.mean),
-        "std": list(enc.std),
-        "source_checkpoint": str(Path(checkpoint).resolve()),
-        "encoder_name": enc.name,
-        "checkpoint_kind": loaded.kind,
-    }
+    config = timm_config(enc, loaded.input_size, checkpoint, loaded.kind)
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    params = sum(int(v.numel()) for v in state.values())
+    card = model_card(config, _checkpoint_meta(checkpoint), params,
+                      _patients_of(checkpoint) if loaded.kind == PRETRAIN_KIND else None,
+                      card_report)
+    atomic_write_text(out / "README.md", card)
     return out
