@@ -38,7 +38,7 @@ TARGET_ONE_H100 = 2500.0
 def measure(args: argparse.Namespace) -> dict:
     from mpcs.config import resolve
     from mpcs.data.loader import Prefetcher, pin
-    from mpcs.data.pairs import create_pair_sampler
+    from mpcs.data.pairs.samplers import create_pair_sampler
     from mpcs.data.transforms import AugmentConfig, UniformPairAugment
     from mpcs.engine.distributed import distributed_context
     from mpcs.engine.optim import build_optimizer, build_scheduler
@@ -119,7 +119,7 @@ def measure(args: argparse.Namespace) -> dict:
 
         bare = None
         if ctx.is_main and not ctx.enabled:
-            from mpcs.engine.pretrain import autocast_for
+            from mpcs.core.runtime import autocast_for
 
             x = torch.randn(2 * args.batch, 3, args.size, args.size, device=device
                             ).contiguous(memory_format=torch.channels_last)

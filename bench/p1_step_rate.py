@@ -21,7 +21,7 @@ import torch
 from common import header, median, peak_rss_mb, time_calls, verdict
 
 from mpcs.config import resolve
-from mpcs.data.pairs import create_pair_sampler
+from mpcs.data.pairs.samplers import create_pair_sampler
 from mpcs.data.transforms import AugmentConfig, UniformPairAugment
 from mpcs.engine.optim import build_optimizer, build_scheduler
 from mpcs.engine.pretrain import _finite, _optim_cfg, build_model

@@ -31,11 +31,12 @@ from common import header, median, peak_rss_mb, time_calls_cpu, verdict
 from PIL import Image
 from torchvision.transforms import v2
 
+from mpcs.core.vocab import MAGNIFICATIONS
 from mpcs.data.cache import load_images
-from mpcs.data.pairs import MAGNIFICATIONS, create_pair_sampler
-from mpcs.data.synth import SynthConfig, write_breakhis
+from mpcs.data.pairs.breakhis import pair_samples
+from mpcs.data.pairs.samplers import create_pair_sampler
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
 from mpcs.data.transforms import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, UniformPairAugment
-from mpcs.engine.pretrain import pair_samples
 
 TARGET = 10.0
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mpcs.data.synth import SynthConfig, write_breakhis
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

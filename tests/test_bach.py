@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from mpcs.cli import main
-from mpcs.data.bach import BACH_CLASSES, GROUND_TRUTH, scan_bach
+from mpcs.core.errors import DataError
+from mpcs.data.datasets.bach import BACH_CLASSES, GROUND_TRUTH, scan_bach
 from mpcs.data.patches import PatchSpec, extract_patches
-from mpcs.data.synth_transfer import write_bach
-from mpcs.errors import DataError
+from mpcs.data.synth.transfer import write_bach
 
 
 @pytest.fixture(scope="module")

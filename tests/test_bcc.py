@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from mpcs.cli import main
-from mpcs.data.bcc import BCC_CLASSES, BCC_IMAGE_SIZE, parse_bcc_name, scan_bcc
+from mpcs.core.errors import DataError
+from mpcs.data.datasets.bcc import BCC_CLASSES, BCC_IMAGE_SIZE, parse_bcc_name, scan_bcc
 from mpcs.data.images import load_rgb
 from mpcs.data.patches import PatchSpec, extract_patches
-from mpcs.errors import DataError
 from tests.conftest import SHARED_DATA
 
 

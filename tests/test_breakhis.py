@@ -12,21 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from mpcs.data.breakhis import (
-    CLASSES,
-    COLUMNS,
-    MAGNIFICATIONS,
-    SUBTYPE_LABEL,
-    SUBTYPES,
-    BreakHisName,
-    complete_samples,
-    find_breakhis_root,
-    format_summary,
-    parse_filename,
-    scan_breakhis,
-    summarize,
-)
-from mpcs.errors import DataError
+from mpcs.core.errors import DataError
+from mpcs.core.vocab import CLASSES, MAGNIFICATIONS
+from mpcs.data.datasets.breakhis import COLUMNS, complete_samples, find_breakhis_root, scan_breakhis
+from mpcs.data.datasets.breakhis_names import SUBTYPE_LABEL, SUBTYPES, BreakHisName, parse_filename
+from mpcs.data.datasets.breakhis_summary import format_summary, summarize
 
 REAL_BREAKHIS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "breakhis"
 
@@ -455,7 +445,7 @@ def test_skip_mode_lists_and_logs_skipped_files(
     empty.write_bytes(b"")
     junk = add_image(tmp_path, seq=9)
     junk.write_text("junk")
-    with caplog.at_level(logging.WARNING, logger="mpcs.data.breakhis"):
+    with caplog.at_level(logging.WARNING, logger="mpcs.data.datasets.breakhis"):
         df = scan_breakhis(tmp_path, on_bad_image="skip")
     assert len(df) == 4
     skipped = dict(df.attrs["skipped"])
@@ -485,7 +475,7 @@ def test_stray_files_are_ignored(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     hidden.mkdir()
     (hidden / "SOB_B_A-14-100-100-001.png").write_bytes(b"")
     (breast_dir(tmp_path) / "archive.zip").write_bytes(b"PK")
-    with caplog.at_level(logging.DEBUG, logger="mpcs.data.breakhis"):
+    with caplog.at_level(logging.DEBUG, logger="mpcs.data.datasets.breakhis"):
         df = scan_breakhis(tmp_path)
     assert len(df) == 4
     messages = " ".join(r.getMessage() for r in caplog.records)

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 import mpcs.data.cache as cache_mod
-from mpcs.data.cache import cache_key, decode_resized, default_cache_dir, load_images
-from mpcs.errors import DataError
+from mpcs.core.errors import DataError
+from mpcs.core.runtime import default_cache_dir
+from mpcs.data.cache import cache_key, decode_resized, load_images
 
 SIZE = 16
 

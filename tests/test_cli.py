@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from mpcs.cli import main
-from mpcs.data.synth import SynthConfig
+from mpcs.core.errors import MpcsError
+from mpcs.data.synth.breakhis import SynthConfig
 from mpcs.demo import run_demo
-from mpcs.errors import MpcsError
 from tests.conftest import TINY_OVERRIDES
 
 
@@ -119,7 +119,7 @@ def test_demo_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
 
 
 def test_splits_then_linear_eval_commands(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from mpcs.data.synth import write_breakhis
+    from mpcs.data.synth.breakhis import write_breakhis
 
     data = write_breakhis(tmp_path / "d", SynthConfig(patients=10, samples_per_patient=2,
                                                       image_size=(48, 32)), progress=False)
@@ -143,7 +143,7 @@ def test_splits_then_linear_eval_commands(tmp_path: Path, capsys: pytest.Capture
 
 def test_pretrain_on_one_folds_training_patients(tmp_path: Path) -> None:
     from mpcs.data.splits import Splits
-    from mpcs.data.synth import write_breakhis
+    from mpcs.data.synth.breakhis import write_breakhis
 
     data = write_breakhis(tmp_path / "d", SynthConfig(patients=10, samples_per_patient=2,
                                                       image_size=(48, 32)), progress=False)

@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import sklearn.manifold
 
-import mpcs.data.synth as synth_module
-import mpcs.data.synth_transfer as synth_transfer
+import mpcs.data.synth.breakhis as synth_module
+import mpcs.data.synth.transfer as synth_transfer
 import mpcs.demo as demo
 from mpcs.cli import main
 from mpcs.config import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, load_preset, resolve
-from mpcs.data.synth import SynthConfig, parse_image_size
-from mpcs.data.synth_transfer import write_bach, write_bcc
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
+from mpcs.data.synth.breakhis import SynthConfig, parse_image_size
+from mpcs.data.synth.transfer import write_bach, write_bcc
 from mpcs.viz import tsne
 from tests.test_inference import make_pretrain_ckpt
 

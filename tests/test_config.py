@@ -19,7 +19,7 @@ from mpcs.config import (
     validate_pretrain,
     yaml_load,
 )
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
 
 PAPER = [f"mpcs-{s}-{e}" for s in ("fp", "op", "rp") for e in ("resnet50", "effnetb2")]
 STRATEGY = {"fp": "fixed", "op": "ordered", "rp": "random"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mpcs.errors import DataError
+from mpcs.core.errors import DataError
 from mpcs.viz.curves import (
     _mean_curve,
     experiment_figures,

@@ -31,9 +31,11 @@ from torch import distributed as dist
 from torch import nn
 
 from mpcs.config import resolve
-from mpcs.data.pairs import create_pair_sampler
+from mpcs.core.checkpoint import load_checkpoint
+from mpcs.core.errors import ConfigError
+from mpcs.data.pairs.breakhis import PairData, pair_samples
+from mpcs.data.pairs.samplers import create_pair_sampler
 from mpcs.data.transforms import AugmentConfig, UniformPairAugment
-from mpcs.engine.checkpoint import load_checkpoint
 from mpcs.engine.distributed import (
     SINGLE,
     DistContext,
@@ -43,17 +45,14 @@ from mpcs.engine.distributed import (
 )
 from mpcs.engine.optim import build_optimizer
 from mpcs.engine.pretrain import (
-    PairData,
     _wrap_model,
     augment_shard,
     batch_bounds,
     build_model,
     epoch_plan,
-    pair_samples,
     rank_views,
     train_step,
 )
-from mpcs.errors import ConfigError
 from mpcs.losses import NTXentLoss
 from tests.conftest import TINY_OVERRIDES
 

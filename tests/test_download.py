@@ -19,21 +19,16 @@ from pathlib import Path
 import pytest
 
 from mpcs.cli import main
-from mpcs.data.bach import scan_bach
-from mpcs.data.bcc import scan_bcc
-from mpcs.data.breakhis import scan_breakhis
-from mpcs.data.download import (
-    REGISTRY,
-    FetchSettings,
-    fetch,
-    install_dataset,
-    installed,
-    sha256_file,
-)
-from mpcs.data.safe_extract import extract_archive
-from mpcs.data.synth import SynthConfig, write_breakhis
-from mpcs.data.synth_archive import SynthSizes, pack_tar_gz, synthetic_archive
-from mpcs.errors import DataError, DownloadError
+from mpcs.core.errors import DataError, DownloadError
+from mpcs.data.datasets import DOWNLOADS
+from mpcs.data.datasets.bach import scan_bach
+from mpcs.data.datasets.bcc import scan_bcc
+from mpcs.data.datasets.breakhis import scan_breakhis
+from mpcs.data.download.fetch import FetchSettings, fetch, sha256_file
+from mpcs.data.download.install import install_dataset, installed
+from mpcs.data.download.safe_extract import extract_archive
+from mpcs.data.synth.archive import SynthSizes, pack_tar_gz, synthetic_archive
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
 from tests.archive_server import ArchiveServer, closed_port
 
 SIZES = SynthSizes(breakhis_patients=4, breakhis_samples=2, breakhis_image=(32, 24),
@@ -46,7 +41,7 @@ SCANNERS = {"breakhis": scan_breakhis, "bach": scan_bach, "bcc": scan_bcc}
 def archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
     """{name: (synthetic archive in the official layout, its counts)}."""
     out = tmp_path_factory.mktemp("archives")
-    return {name: synthetic_archive(name, out, SIZES) for name in REGISTRY}
+    return {name: synthetic_archive(name, out, SIZES) for name in DOWNLOADS}
 
 
 @pytest.fixture
@@ -59,7 +54,7 @@ def server(archives: dict[str, tuple[Path, dict]]) -> Iterator[ArchiveServer]:
 def local_source(name: str, archives: dict, server: ArchiveServer, **changes):
     """The registry entry pointed at the local server, expecting the synthetic counts."""
     path, expected = archives[name]
-    return replace(REGISTRY[name], url=server.url(f"/{path.name}"), expected=expected,
+    return replace(DOWNLOADS[name], url=server.url(f"/{path.name}"), expected=expected,
                    **changes)
 
 
@@ -250,7 +245,7 @@ def test_from_archive_needs_no_network(archives: dict, tmp_path: Path,
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     path, expected = archives["bach"]
-    source = replace(REGISTRY["bach"], expected=expected)
+    source = replace(DOWNLOADS["bach"], expected=expected)
     result = install_dataset(source, tmp_path, archive=path, progress=False,
                              say=lambda s: None)
     assert result.ok and result.source == str(path)
@@ -267,21 +262,21 @@ def test_from_compares_with_the_published_numbers(archives: dict, tmp_path: Path
     assert re.search(rf"images\s+58\s+{n}\s+DIFFERS by {n - 58:+d}\n", out)
     assert "malignant" in out and "3 count(s) differ" in out
     assert err.startswith("mpcs download: error: bcc: the data in") and "--allow-differences" in err
-    assert installed(REGISTRY["bcc"], tmp_path) is None  # not usable for `mpcs reproduce`
+    assert installed(DOWNLOADS["bcc"], tmp_path) is None  # not usable for `mpcs reproduce`
     assert main(["download", "bcc", "--to", str(tmp_path), "--from", str(path), "--quiet",
                  "--allow-differences"]) == 0
     assert "differences accepted" in capsys.readouterr().out
-    assert installed(REGISTRY["bcc"], tmp_path) is not None
+    assert installed(DOWNLOADS["bcc"], tmp_path) is not None
 
 
 def test_unreadable_images_are_named(tmp_path: Path) -> None:
     root = write_breakhis(tmp_path / "src", SynthConfig(patients=4, samples_per_patient=1,
                                                         image_size=(32, 24)), progress=False)
-    counts = REGISTRY["breakhis"].count(root).counts
+    counts = DOWNLOADS["breakhis"].count(root).counts
     bad = sorted(root.rglob("*.png"))[3]
     bad.write_bytes(bad.read_bytes()[:40])  # truncated
     archive = pack_tar_gz(root, "BreaKHis_v1", tmp_path / "BreaKHis_v1.tar.gz")
-    result = install_dataset(replace(REGISTRY["breakhis"], expected=counts), tmp_path / "data",
+    result = install_dataset(replace(DOWNLOADS["breakhis"], expected=counts), tmp_path / "data",
                              archive=archive, progress=False, say=lambda s: None)
     assert not result.ok and not result.usable
     assert [Path(p).name for p, _ in result.unreadable] == [bad.name]
@@ -316,7 +311,7 @@ def test_bcc_without_a_known_link_says_what_to_do(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     assert main(["download", "bcc", "--to", str(tmp_path), "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "no direct download link" in err and REGISTRY["bcc"].page in err
+    assert "no direct download link" in err and DOWNLOADS["bcc"].page in err
     assert "--from ARCHIVE" in err
 
 
@@ -335,5 +330,5 @@ def test_damaged_archive_is_one_line(tmp_path: Path) -> None:
     bad = tmp_path / "BreaKHis_v1.tar.gz"
     bad.write_bytes(b"not an archive at all")
     with pytest.raises(DataError, match="not a tar, tar.gz or zip archive"):
-        install_dataset(REGISTRY["breakhis"], tmp_path / "d", archive=bad, progress=False,
+        install_dataset(DOWNLOADS["breakhis"], tmp_path / "d", archive=bad, progress=False,
                         say=lambda s: None)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from mpcs.config import resolve
+from mpcs.core.errors import ConfigError, DataError
 from mpcs.data.splits import Splits
-from mpcs.data.synth import SynthConfig, write_breakhis
-from mpcs.errors import ConfigError, DataError
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
 from mpcs.evaluation import experiment as exp_mod
 from mpcs.evaluation.experiment import run_experiment
 from mpcs.evaluation.report import write_report
@@ -200,7 +200,7 @@ def test_leaked_pretraining_patient_is_refused(ten_patients: Path, tmp_path: Pat
 
 def test_experiment_refuses_splits_with_a_patient_in_two_parts(ten_patients: Path,
                                                                tmp_path: Path) -> None:
-    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.datasets.breakhis import scan_breakhis
     from mpcs.data.splits import make_splits
 
     out = tmp_path / "exp"

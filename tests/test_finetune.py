@@ -15,20 +15,13 @@ from PIL import Image
 
 import mpcs.engine.finetune as ft
 from mpcs.config import FINETUNE_DEFAULTS, preset_names, resolve
-from mpcs.data.breakhis import scan_breakhis
+from mpcs.core.errors import CheckpointError, ConfigError, DataError
 from mpcs.data.cache import load_images
-from mpcs.data.synth import SynthConfig, write_breakhis
-from mpcs.engine.finetune import (
-    Evaluation,
-    FinetuneAugment,
-    check_parts,
-    finetune,
-    linear_eval,
-    load_finetuned,
-    random_resized_crop,
-)
+from mpcs.data.datasets.breakhis import scan_breakhis
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
+from mpcs.data.transforms import FinetuneAugment, random_resized_crop
+from mpcs.engine.finetune import Evaluation, check_parts, finetune, linear_eval, load_finetuned
 from mpcs.engine.pretrain import load_pretrained, pretrain
-from mpcs.errors import CheckpointError, ConfigError, DataError
 from mpcs.models import create_encoder
 from tests.conftest import TINY_OVERRIDES
 

@@ -12,9 +12,9 @@ from PIL import Image
 from torch import nn
 
 from mpcs.config import resolve
-from mpcs.data.breakhis import scan_breakhis
+from mpcs.core.errors import CheckpointError, ConfigError
+from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.engine.finetune import Classifier, finetune, linear_eval
-from mpcs.errors import CheckpointError, ConfigError
 from mpcs.models import create_encoder
 from mpcs.viz.gradcam import (
     CamImage,

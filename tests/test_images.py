@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mpcs.core.errors import DataError, MpcsError
 from mpcs.data.images import (
     IMAGE_EXTENSIONS,
     check_image,
@@ -15,7 +16,6 @@ from mpcs.data.images import (
     is_stray_file,
     load_rgb,
 )
-from mpcs.errors import DataError, MpcsError
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BCC_DIR = SHARED_DATA / "bcc"

@@ -12,18 +12,18 @@ import pandas as pd
 import pytest
 
 from mpcs.config import resolve
-from mpcs.data.breakhis_pairs import PairData, pair_samples, present_magnifications
-from mpcs.data.pairs import PresentMagnifications, RowSampler, create_pair_sampler
-from mpcs.data.sources import (
+from mpcs.core.errors import ConfigError, DataError
+from mpcs.data.pairs.breakhis import PairData, pair_samples, present_magnifications
+from mpcs.data.pairs.samplers import PresentMagnifications, RowSampler, create_pair_sampler
+from mpcs.data.pairs.sources import (
     MixedPairData,
     MixedRowSampler,
     create_row_sampler,
     load_scale_source,
 )
-from mpcs.data.zoom import list_images
+from mpcs.data.pairs.zoom import list_images
 from mpcs.engine.distributed import SINGLE
 from mpcs.engine.pretrain import _load_pair_data, epoch_plan, find_pair_sources, pretrain
-from mpcs.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA, TINY_OVERRIDES
 
 
@@ -96,7 +96,7 @@ def test_pretrain_on_incomplete_samples_logs_counts(holey_breakhis: Path, tmp_pa
                                                      caplog: pytest.LogCaptureFixture) -> None:
     cfg = resolve(preset="cpu-small", overrides=[*TINY_OVERRIDES, "pairs.strategy=fixed",
                                                  "pairs.complete_only=false"])
-    with caplog.at_level("INFO", logger="mpcs.data.breakhis_pairs"):
+    with caplog.at_level("INFO", logger="mpcs.data.pairs.breakhis"):
         summary = pretrain(cfg, holey_breakhis, tmp_path / "run", progress=False)
     assert summary["pair_samples"] == 8 and summary["global_step"] == 2
     assert "8 samples for strategy fixed (4 at all four magnifications, 4 with fewer)" in \

@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from mpcs.config import resolve
-from mpcs.data.breakhis import scan_breakhis
+from mpcs.core.errors import CheckpointError, ConfigError, DataError
+from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.data.images import load_rgb
 from mpcs.data.transforms import eval_transform
 from mpcs.engine.finetune import finetune
 from mpcs.engine.pretrain import pretrain
-from mpcs.errors import CheckpointError, ConfigError, DataError
 from mpcs.inference import (
     BREAKHIS_FIELDS,
     embed,

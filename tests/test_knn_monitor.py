@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from mpcs.data.breakhis import scan_breakhis
+from mpcs.core.errors import ConfigError, DataError
+from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.engine.knn_monitor import (
     KnnMonitor,
     breakhis_monitor,
@@ -18,7 +19,6 @@ from mpcs.engine.knn_monitor import (
     plot_metrics,
     read_metrics,
 )
-from mpcs.errors import ConfigError, DataError
 from mpcs.models.encoders import create_encoder
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from mpcs.config import resolve
+from mpcs.core.checkpoint import load_checkpoint
+from mpcs.core.errors import ConfigError
 from mpcs.data.loader import LoaderSettings, Prefetcher, loader_settings
-from mpcs.engine.checkpoint import load_checkpoint
 from mpcs.engine.pretrain import pretrain
-from mpcs.errors import ConfigError
 from tests.conftest import TINY_OVERRIDES
 
 

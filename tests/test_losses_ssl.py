@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
 from mpcs.losses import (
     BarlowTwinsLoss,
     BYOLLoss,

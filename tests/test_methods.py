@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mpcs.config import resolve
+from mpcs.core.errors import ConfigError
 from mpcs.data.transforms import AugmentConfig, UniformPairAugment
-from mpcs.errors import ConfigError
 from mpcs.losses import NTXentLoss
 from mpcs.methods import BYOLMethod, create_method, list_methods
 from mpcs.methods.byol import cosine_momentum
@@ -147,7 +147,7 @@ def test_pretrain_runs_each_special_method_and_reloads_it(name: str, tiny_breakh
 def test_compare_methods_writes_the_table(tmp_path) -> None:
     import pandas as pd
 
-    from mpcs.data.synth import SynthConfig
+    from mpcs.data.synth.breakhis import SynthConfig
     from mpcs.evaluation.methods_compare import compare_methods
 
     results = compare_methods(

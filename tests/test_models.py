@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mpcs.config import resolve
-from mpcs.errors import CheckpointError, ConfigError
+from mpcs.core.errors import CheckpointError, ConfigError
 from mpcs.models import (
     MPCSModel,
     ProjectionHead,

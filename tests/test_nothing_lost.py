@@ -26,21 +26,21 @@ import pytest
 import torch
 from PIL import Image
 
-import mpcs.engine.checkpoint as checkpoint_mod
+import mpcs.core.checkpoint as checkpoint_mod
 import mpcs.engine.finetune as ft
 import mpcs.engine.pretrain as pretrain_mod
 import mpcs.evaluation.experiment as exp_mod
 import mpcs.inference as inference_mod
 from mpcs.cli import main
 from mpcs.config import resolve
-from mpcs.data.breakhis import scan_breakhis
+from mpcs.core.checkpoint import load_checkpoint, save_checkpoint
+from mpcs.core.errors import MpcsError, OutputError
+from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.data.splits import Splits
-from mpcs.data.synth import SynthConfig, write_breakhis
-from mpcs.engine.checkpoint import load_checkpoint, save_checkpoint
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
 from mpcs.engine.finetune import finetune, linear_eval
 from mpcs.engine.pretrain import pretrain
-from mpcs.engine.runinfo import OutputError, lock_folder
-from mpcs.errors import MpcsError
+from mpcs.engine.runinfo import lock_folder
 from mpcs.evaluation.experiment import run_experiment
 from tests.conftest import TINY_OVERRIDES
 

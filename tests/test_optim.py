@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
+from mpcs.core.errors import ConfigError
 from mpcs.engine.optim import (
     LARS,
     build_optimizer,
     build_scheduler,
     param_groups_for,
 )
-from mpcs.errors import ConfigError
 
 
 def _tiny_model(seed: int = 0) -> nn.Module:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpcs.data.pairs import (
-    MAGNIFICATIONS,
+from mpcs.core.errors import ConfigError
+from mpcs.core.vocab import MAGNIFICATIONS
+from mpcs.data.pairs.samplers import (
     ORDERED_NEXT,
     FixedPair,
     OrderedPair,
     RandomPair,
     create_pair_sampler,
 )
-from mpcs.errors import ConfigError
 
 N = 40_000
 ALL_NAMES = ("fixed", "fp", "ordered", "op", "random", "rp", "Fixed", "OP", "Random")

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from mpcs.core.errors import ConfigError, DataError
 from mpcs.data.patches import (
     PatchSpec,
     extract_patches,
@@ -18,7 +19,6 @@ from mpcs.data.patches import (
     patch_grid,
 )
 from mpcs.data.splits import make_splits
-from mpcs.errors import ConfigError, DataError
 
 
 def _write(path: Path, width: int, height: int, seed: int) -> np.ndarray:

@@ -11,9 +11,10 @@ import torch
 import yaml
 
 from mpcs.config import resolve
-from mpcs.engine.checkpoint import load_checkpoint
-from mpcs.engine.pretrain import load_pretrained, pair_samples, pretrain
-from mpcs.errors import CheckpointError, ConfigError, DataError
+from mpcs.core.checkpoint import load_checkpoint
+from mpcs.core.errors import CheckpointError, ConfigError, DataError
+from mpcs.data.pairs.breakhis import pair_samples
+from mpcs.engine.pretrain import load_pretrained, pretrain
 from tests.conftest import TINY_OVERRIDES
 
 

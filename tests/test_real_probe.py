@@ -11,7 +11,7 @@ import pytest
 
 import mpcs.evaluation.real_probe as rp
 from mpcs.cli import main
-from mpcs.errors import ConfigError, DataError
+from mpcs.core.errors import ConfigError, DataError
 from mpcs.evaluation.real_probe import (
     ProbeSettings,
     Variant,
@@ -135,7 +135,7 @@ def test_other_settings_or_a_changed_variant_are_refused(tiny_breakhis: Path,
 
 
 def _labels_patients(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.datasets.breakhis import scan_breakhis
 
     m = scan_breakhis(root)
     m = m[m["magnification"] == "200X"].reset_index(drop=True)
@@ -156,7 +156,7 @@ def test_real_folds_of_breakhis_dev() -> None:
     data = SHARED_DATA / "breakhis-dev"
     if not data.is_dir():
         pytest.skip(f"real BreakHis development set not found at {data}")
-    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.datasets.breakhis import scan_breakhis
 
     m = scan_breakhis(data)
     m = m[m["magnification"] == "100X"]
@@ -168,7 +168,7 @@ def test_real_folds_of_breakhis_dev() -> None:
 def test_finetune_variant_fine_tunes_per_fold_with_held_out_patients(
         tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from mpcs.data.synth import SynthConfig, write_breakhis
+    from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
 
     data = write_breakhis(tmp_path_factory.mktemp("ft8"), SynthConfig(
         patients=8, samples_per_patient=1, image_size=(48, 32), seed=2), progress=False)

@@ -157,7 +157,7 @@ def test_cli_report_no_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str
 @pytest.mark.slow
 def test_report_of_a_tiny_experiment_has_all_pictures(tmp_path: Path) -> None:
     from mpcs.config import resolve
-    from mpcs.data.synth import SynthConfig, write_breakhis
+    from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
     from mpcs.evaluation.experiment import run_experiment
     from tests.conftest import TINY_OVERRIDES
 

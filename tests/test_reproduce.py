@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from mpcs.cli import main
-from mpcs.csvsafe import read_csv
-from mpcs.data.download import REGISTRY, sha256_file
-from mpcs.data.synth_archive import SynthSizes, synthetic_archive
+from mpcs.core.tables import read_csv
+from mpcs.data.datasets import DOWNLOADS
+from mpcs.data.download.fetch import sha256_file
+from mpcs.data.synth.archive import SynthSizes, synthetic_archive
 from mpcs.evaluation import experiment, reproduce, transfer
 from mpcs.evaluation.reproduce import (
     TinySettings,
@@ -101,12 +102,12 @@ def test_settings_that_differ_from_the_paper_text(tmp_path: Path) -> None:
 def served(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The registry pointed at a local server of synthetic archives (their own counts)."""
     archives = {n: synthetic_archive(n, tmp_path / "archives", TEST_TINY.sizes)
-                for n in REGISTRY}
+                for n in DOWNLOADS}
     files = {f"/{path.name}": path.read_bytes() for path, _ in archives.values()}
     with ArchiveServer(files) as server:
         for name, (path, expected) in archives.items():
-            monkeypatch.setitem(REGISTRY, name, replace(
-                REGISTRY[name], url=server.url(f"/{path.name}"), expected=expected))
+            monkeypatch.setitem(DOWNLOADS, name, replace(
+                DOWNLOADS[name], url=server.url(f"/{path.name}"), expected=expected))
         monkeypatch.setattr(reproduce, "TINY", TEST_TINY)
         yield server, archives
 
@@ -201,7 +202,7 @@ def test_unreachable_source_is_one_line_and_exit_2(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch,
                                                    capsys: pytest.CaptureFixture) -> None:
     url = f"http://127.0.0.1:{closed_port()}/BreaKHis_v1.tar.gz"
-    monkeypatch.setitem(REGISTRY, "breakhis", replace(REGISTRY["breakhis"], url=url))
+    monkeypatch.setitem(DOWNLOADS, "breakhis", replace(DOWNLOADS["breakhis"], url=url))
     out = tmp_path / "repro"
     assert main(["reproduce", "--out", str(out), "--tables", "5", "--quiet",
                  "--retries", "0"]) == 2

@@ -33,17 +33,17 @@ import pytest
 import torch
 from PIL import Image
 
-import mpcs.engine.checkpoint as checkpoint_mod
+import mpcs.core.checkpoint as checkpoint_mod
 import mpcs.engine.pretrain as pretrain_mod
 from mpcs.cli import main
 from mpcs.config import resolve
-from mpcs.data.breakhis import complete_samples, scan_breakhis
+from mpcs.core.checkpoint import load_checkpoint
+from mpcs.core.errors import CheckpointError, DataError, NonFiniteLossError, OutputError
+from mpcs.core.vocab import MAGNIFICATIONS
 from mpcs.data.cache import load_images, load_images_with_report
-from mpcs.data.pairs import MAGNIFICATIONS
-from mpcs.data.synth import SynthConfig, write_breakhis
-from mpcs.engine.checkpoint import load_checkpoint
-from mpcs.engine.pretrain import NonFiniteLossError, OutputError, load_pretrained, pretrain
-from mpcs.errors import CheckpointError, DataError
+from mpcs.data.datasets.breakhis import complete_samples, scan_breakhis
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
+from mpcs.engine.pretrain import load_pretrained, pretrain
 from mpcs.losses import NTXentLoss
 from tests.conftest import TINY_OVERRIDES
 

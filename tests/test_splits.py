@@ -13,7 +13,10 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from mpcs.data.breakhis import MAGNIFICATIONS, SUBTYPE_LABEL, parse_filename, scan_breakhis
+from mpcs.core.errors import ConfigError, DataError
+from mpcs.core.vocab import MAGNIFICATIONS
+from mpcs.data.datasets.breakhis import scan_breakhis
+from mpcs.data.datasets.breakhis_names import SUBTYPE_LABEL, parse_filename
 from mpcs.data.splits import (
     Splits,
     check_splits,
@@ -21,8 +24,7 @@ from mpcs.data.splits import (
     make_splits,
     relative_paths,
 )
-from mpcs.data.synth import SynthConfig, write_breakhis
-from mpcs.errors import ConfigError, DataError
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
 
 SUBTYPE_CODES = tuple(SUBTYPE_LABEL)
 ROOT = "/data/breast"
@@ -298,7 +300,7 @@ def test_impossible_stratification_names_the_class() -> None:
 
 def test_label_fallback_on_small_subtypes(caplog: pytest.LogCaptureFixture) -> None:
     manifest = table({"A": 5, "F": 5, "PT": 2, "DC": 6, "LC": 5})
-    with caplog.at_level(logging.WARNING, logger="mpcs.data.splits"):
+    with caplog.at_level(logging.WARNING, logger="mpcs.data.splits.make"):
         splits = make_splits(manifest, folds=5, seed=0)
     assert splits.stratify_by == "label"
     assert splits.notes[0] == "stratified by label: subtype PT has 2 patients < 5 folds"

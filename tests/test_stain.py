@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mpcs.core.errors import ConfigError, DataError
 from mpcs.data.patches import PatchSpec, extract_patches, image_manifest
 from mpcs.data.stain import StainNormaliser, build_normaliser, tissue_fraction
-from mpcs.data.synth_transfer import BCC_GRADES, render_image
-from mpcs.errors import ConfigError, DataError
+from mpcs.data.synth.transfer import BCC_GRADES, render_image
 
 
 @pytest.fixture(scope="module")

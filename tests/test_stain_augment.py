@@ -9,6 +9,7 @@ import torch
 from skimage.color import rgb2hed
 
 from mpcs.config import resolve
+from mpcs.core.errors import ConfigError
 from mpcs.data.transforms import (
     HED_FROM_RGB,
     AugmentConfig,
@@ -16,7 +17,6 @@ from mpcs.data.transforms import (
     hed_jitter,
     sample_params,
 )
-from mpcs.errors import ConfigError
 
 IDENTITY_NORM = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
 NO_COLOUR = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)

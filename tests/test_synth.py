@@ -10,21 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mpcs.data.breakhis import (
-    MAGNIFICATIONS,
-    SUBTYPE_LABEL,
-    SUBTYPES,
-    complete_samples,
-    scan_breakhis,
-)
-from mpcs.data.synth import (
+from mpcs.core.errors import ConfigError
+from mpcs.core.vocab import MAGNIFICATIONS
+from mpcs.data.datasets.breakhis import complete_samples, scan_breakhis
+from mpcs.data.datasets.breakhis_names import SUBTYPE_LABEL, SUBTYPES
+from mpcs.data.synth.breakhis import (
     SynthConfig,
     parse_image_size,
     patient_specs,
     render_sample,
     write_breakhis,
 )
-from mpcs.errors import ConfigError
 
 TINY = SynthConfig(patients=4, samples_per_patient=2, image_size=(48, 32), seed=5)
 # histology_slides/breast/<class>/SOB/<type folder>/SOB_<B|M>_<T>_<yy>-<slide>/<mag>/<file>

@@ -12,14 +12,15 @@ import torch
 
 from mpcs.cli import main
 from mpcs.config import resolve
-from mpcs.data.bach import BACH_CLASSES
+from mpcs.core.errors import ConfigError
 from mpcs.data.cache import load_images
+from mpcs.data.datasets.bach import BACH_CLASSES
 from mpcs.data.patches import majority_vote
 from mpcs.data.splits import Splits
-from mpcs.data.synth_transfer import write_bach, write_bcc
+from mpcs.data.synth.transfer import write_bach, write_bcc
+from mpcs.data.transforms import tta_views
 from mpcs.engine.finetune import load_finetuned
 from mpcs.engine.pretrain import pretrain
-from mpcs.errors import ConfigError
 from mpcs.evaluation import transfer as tr
 from mpcs.evaluation.report import write_report
 from tests.conftest import TINY_OVERRIDES
@@ -156,7 +157,7 @@ def test_scores_views_and_settings() -> None:
     assert s["recall"] == pytest.approx((1 + 1 + 0.5) / 3)  # macro average
     x = torch.arange(2 * 3 * 4 * 4).reshape(2, 3, 4, 4)
     for kind, n in (("none", 1), ("flips", 4), ("dihedral", 8)):
-        outs = [v(x) for v in tr.tta_views(kind)]
+        outs = [v(x) for v in tta_views(kind)]
         assert len(outs) == n and torch.equal(outs[0], x)
         assert len({tuple(o.flatten().tolist()) for o in outs}) == n  # all distinct
     with pytest.raises(ConfigError, match="stain_reference"):
@@ -179,7 +180,7 @@ def test_missing_mpcs_encoders_are_refused_before_training(tiny_bcc: Path, tmp_p
 
 def test_transfer_refuses_a_checkpoint_of_another_method(tmp_path: Path) -> None:
     # A BYOL encoder must not be reported under an MPCS pair-strategy name.
-    from mpcs.engine.checkpoint import save_checkpoint
+    from mpcs.core.checkpoint import save_checkpoint
     from mpcs.evaluation.transfer import _strategy_and_encoder
 
     cfg = {"method": "byol", "pairs": {"strategy": "ordered"}, "model": {"encoder": "resnet18"}}

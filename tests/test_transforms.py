@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
+from mpcs.core.errors import ConfigError
 from mpcs.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -24,7 +25,6 @@ from mpcs.data.transforms import (
     rotate_translate,
     sample_params,
 )
-from mpcs.errors import ConfigError
 
 NO_COLOUR = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
 GEOMETRY_ONLY = AugmentConfig(**NO_COLOUR, hflip=0.5, vflip=0.5, rot90=True,

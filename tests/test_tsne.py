@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
 from mpcs.viz.tsne import tsne_plot
 from tests.test_inference import make_finetune_ckpt, make_pretrain_ckpt
 

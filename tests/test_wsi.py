@@ -12,7 +12,8 @@ import torch
 pytest.importorskip("openslide", reason="needs the wsi extra: pip install 'mpcs[wsi]'")
 pytest.importorskip("tifffile")
 
-from mpcs.data.wsi import (  # noqa: E402
+from mpcs.core.errors import DataError  # noqa: E402
+from mpcs.data.pairs.wsi import (
     WSIOptions,
     WSIPairData,
     list_slides,
@@ -23,7 +24,6 @@ from mpcs.data.wsi import (  # noqa: E402
     tissue_mask,
     write_pyramid_tiff,
 )
-from mpcs.errors import DataError  # noqa: E402
 
 MPP = 0.5
 

@@ -9,22 +9,22 @@ import pytest
 import torch
 from PIL import Image
 
-from mpcs.data.pairs import (
+from mpcs.core.errors import ConfigError, DataError
+from mpcs.data.pairs.samplers import (
     MAGNIFICATION_SCALES,
     ContinuousPair,
     create_pair_sampler,
     relative_scale,
 )
-from mpcs.data.zoom import (
+from mpcs.data.pairs.zoom import (
     ZoomPairData,
     centred_boxes,
-    crop_resize,
     decode_square,
     default_base_size,
     list_images,
     zoom_pair,
 )
-from mpcs.errors import ConfigError, DataError
+from mpcs.data.transforms.geometry import crop_resize
 
 
 def test_crop_resize_identity_and_area_average() -> None:
@@ -152,7 +152,7 @@ def test_discrete_strategies_are_special_cases_of_scale_pairs(name, pairs) -> No
 
 
 def test_view_specs_fix_the_common_centre() -> None:
-    from mpcs.data.pairs import ScaleViewSampler
+    from mpcs.data.pairs.samplers import ScaleViewSampler
 
     sampler = ScaleViewSampler(create_pair_sampler("continuous", (1.0, 4.0), 1.25))
     a, b = sampler.sample(5, np.random.default_rng(3))
@@ -198,7 +198,7 @@ def test_continuous_pairs_on_breakhis_are_refused_before_training() -> None:
 
 
 def test_pair_scale_rows_for_breakhis_indices_and_view_specs() -> None:
-    from mpcs.data.sources import pair_scale_rows
+    from mpcs.data.pairs.sources import pair_scale_rows
 
     rows = pair_scale_rows(1, 7, np.array([3, 5]), np.array([0, 3]), np.array([1, 2]))
     assert rows == [(1, 7, 3, 1.0, 2.5, 2.5), (1, 7, 5, 10.0, 5.0, 0.5)]

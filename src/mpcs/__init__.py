@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from mpcs.errors import CheckpointError, ConfigError, DataError, MpcsError
+from mpcs.core.errors import CheckpointError, ConfigError, DataError, MpcsError
 
 __all__ = ["__version__", "CheckpointError", "ConfigError", "DataError", "MpcsError"]

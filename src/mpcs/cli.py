@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mpcs import __version__
-from mpcs.errors import ConfigError, DataError, MpcsError
+from mpcs.core.errors import ConfigError, DataError, MpcsError
 
 if TYPE_CHECKING:
-    from mpcs.data.download import FetchSettings
+    from mpcs.data.download.fetch import FetchSettings
 
 log = logging.getLogger("mpcs")
 
@@ -38,7 +38,7 @@ def _patients_arg(text: str | None) -> list[str] | None:
 
 def _fold_training_patients(data: str, splits_file: str, fold: int | None) -> list[str]:
     """The training patients of one fold of a splits file (checked against the data)."""
-    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.datasets.breakhis import scan_breakhis
     from mpcs.data.splits import Splits
 
     if fold is None:
@@ -51,7 +51,7 @@ def _fold_training_patients(data: str, splits_file: str, fold: int | None) -> li
 
 def _fold_part(data: str, splits_file: str, fold: int | None, part: str) -> list[str]:
     """The patients of one part (train/val/test) of a fold of a splits file."""
-    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.datasets.breakhis import scan_breakhis
     from mpcs.data.splits import Splits
 
     splits = Splits.load(splits_file, scan_breakhis(data))
@@ -59,8 +59,9 @@ def _fold_part(data: str, splits_file: str, fold: int | None, part: str) -> list
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from mpcs.data.breakhis import format_summary, scan_breakhis, summarize
     from mpcs.data.cache import quiet_pil_warnings, with_skip_hint
+    from mpcs.data.datasets.breakhis import scan_breakhis
+    from mpcs.data.datasets.breakhis_summary import format_summary, summarize
 
     try:
         with quiet_pil_warnings():
@@ -78,7 +79,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from mpcs.data.synth import (
+    from mpcs.data.synth.breakhis import (
         SynthConfig,
         parse_image_size,
         patient_specs,
@@ -87,7 +88,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     )
 
     if args.dataset != "breakhis":
-        from mpcs.data.synth_transfer import write_bach, write_bcc
+        from mpcs.data.synth.transfer import write_bach, write_bcc
 
         write = write_bach if args.dataset == "bach" else write_bcc
         kw = {"image_size": parse_image_size(args.image_size)} if args.image_size else {}
@@ -174,7 +175,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_splits(args: argparse.Namespace) -> int:
-    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.datasets.breakhis import scan_breakhis
     from mpcs.data.splits import make_splits
 
     fractions = [float(f) for f in args.label_fractions.split(",")]
@@ -194,7 +195,7 @@ def cmd_splits(args: argparse.Namespace) -> int:
 
 def _downstream(args: argparse.Namespace, mode: str) -> int:
     from mpcs.config import resolve
-    from mpcs.data.breakhis import scan_breakhis
+    from mpcs.data.datasets.breakhis import scan_breakhis
     from mpcs.data.splits import Splits
     from mpcs.engine.finetune import finetune, linear_eval
 
@@ -310,7 +311,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def _fetch_settings(args: argparse.Namespace) -> FetchSettings:
     """``--retries`` and ``--timeout`` as :class:`mpcs.data.download.FetchSettings`."""
-    from mpcs.data.download import FetchSettings
+    from mpcs.data.download.fetch import FetchSettings
 
     if args.retries < 0 or not 0 < args.timeout < float("inf"):
         raise ConfigError(f"--retries must be >= 0 and --timeout a number of seconds > 0, got "
@@ -319,10 +320,11 @@ def _fetch_settings(args: argparse.Namespace) -> FetchSettings:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from mpcs.data.download import REGISTRY, install_dataset
+    from mpcs.data.datasets import DOWNLOADS
+    from mpcs.data.download.install import install_dataset
 
     settings = _fetch_settings(args)
-    source = REGISTRY[args.dataset]
+    source = DOWNLOADS[args.dataset]
     result = install_dataset(source, args.to, archive=args.from_, url=args.url,
                              settings=settings,
                              allow_differences=args.allow_differences,

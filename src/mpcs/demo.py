@@ -24,9 +24,9 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from mpcs.config import resolve
-from mpcs.data.pairs import MAGNIFICATIONS
-from mpcs.data.synth import SynthConfig, write_breakhis
-from mpcs.engine.runinfo import atomic_write_text
+from mpcs.core.io import atomic_write_text
+from mpcs.core.vocab import MAGNIFICATIONS
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
 from mpcs.evaluation.experiment import run_experiment
 from mpcs.evaluation.linear_probe import fit_linear_probe
 from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy

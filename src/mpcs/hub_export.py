@@ -30,18 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from mpcs import __version__
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
+from mpcs.core.vocab import STRATEGY_DESCRIPTIONS, canonical_strategy
 from mpcs.models.encoders import Encoder
 
 __all__ = ["model_card", "read_report", "timm_config"]
 
-STRATEGY_NAMES = {"fixed": "Fixed Pair (FP): (200X, 400X)",
-                  "fp": "Fixed Pair (FP): (200X, 400X)",
-                  "ordered": "Ordered Pair (OP): first uniform, second 40->100->200->400->200",
-                  "op": "Ordered Pair (OP): first uniform, second 40->100->200->400->200",
-                  "random": "Random Pair (RP): two distinct magnifications, uniform",
-                  "rp": "Random Pair (RP): two distinct magnifications, uniform",
-                  "continuous": "continuous scales (zoom or whole-slide source)"}
 
 CITATION = """@inproceedings{chhipa2023magnification,
   title={Magnification Prior: A Self-Supervised Method for Learning Representations on
@@ -149,7 +143,8 @@ def _pretrain_details(meta: Mapping[str, Any], patients: int | None) -> dict[str
         "Method": ("MPCS (Magnification Prior Contrastive Similarity): a positive pair is one "
                    "tissue sample seen at two magnifications" if method == "mpcs" else
                    f"{method} on magnification pairs"),
-        "Pair strategy": STRATEGY_NAMES.get(strategy, str(strategy)),
+        "Pair strategy": STRATEGY_DESCRIPTIONS.get(canonical_strategy(str(strategy)),
+                                                   str(strategy)),
         "Epochs": f"{meta.get('epoch', '?')} of {_get(cfg, 'train.epochs', '?')} configured",
         "Batch size": str(_get(cfg, "train.batch_size", "?")),
         "Loss": f"NT-Xent, temperature {_get(cfg, 'loss.temperature', '?')}",

@@ -14,7 +14,7 @@ Images are decoded with :func:`mpcs.data.images.load_rgb`, resized to the encode
 and normalised with its mean/std (:func:`mpcs.data.transforms.eval_transform`), one image at a
 time so that images of different sizes can share a batch.
 
-Written tables go through :mod:`mpcs.csvsafe`: a path that starts with ``= + - @`` (or a tab)
+Written tables go through :mod:`mpcs.core.tables`: a path that starts with ``= + - @`` (or a tab)
 is written with an apostrophe in front, so no spreadsheet runs it as a formula, and bytes of a
 file name that are not UTF-8 are written as ``\\xNN`` (one warning says how many names); the
 returned DataFrame keeps the exact names.
@@ -30,7 +30,6 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,13 +41,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from mpcs.csvsafe import csv_text, safe_frame
-from mpcs.data.breakhis import parse_filename
+from mpcs.core.checkpoint import load_checkpoint
+from mpcs.core.errors import CheckpointError, ConfigError, DataError
+from mpcs.core.io import atomic_path, atomic_write_text, check_output_file
+from mpcs.core.tables import csv_text, safe_frame
+from mpcs.data.datasets.breakhis_names import parse_filename
 from mpcs.data.images import IMAGE_EXTENSIONS, is_image_file, is_stray_file, load_rgb
 from mpcs.data.transforms import eval_transform
-from mpcs.engine.checkpoint import load_checkpoint
-from mpcs.engine.runinfo import atomic_write_text, check_output_file
-from mpcs.errors import CheckpointError, ConfigError, DataError
 from mpcs.hub_export import model_card, read_report, timm_config
 from mpcs.models.encoders import Encoder
 
@@ -300,14 +299,8 @@ def _check_suffix(out: Path, allowed: Sequence[str]) -> str:
 def _write_table(df: pd.DataFrame, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".parquet":
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_path(out) as tmp:
             safe_frame(df, out, formulas=False).to_parquet(tmp, index=False)
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
     else:
         atomic_write_text(out, csv_text(df, out))
 
@@ -527,14 +520,8 @@ def export_encoder(checkpoint: PathLike, out_dir: PathLike, report: PathLike | N
     except OSError as e:
         raise ConfigError(f"{out}: cannot make the export folder ({e.strerror})") from None
     state = {k: v.detach().cpu().contiguous().clone() for k, v in enc.model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".model.safetensors.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, tmp, metadata={"format": "pt", "timm_name": enc.timm_name})
-        os.replace(tmp, out / "model.safetensors")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     config = timm_config(enc, loaded.input_size, checkpoint, loaded.kind)
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
     params = sum(int(v.numel()) for v in state.values())

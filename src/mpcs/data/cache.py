@@ -15,7 +15,7 @@ converted to 8-bit RGB by :func:`mpcs.data.images.load_rgb` (grayscale, RGBA, pa
 16-bit, ...).
 
 Bad images (``on_bad_image``): with ``"error"`` (the default) the first image that fails to
-decode, in the order of ``paths``, raises :class:`~mpcs.errors.DataError` naming the file and
+decode, in the order of ``paths``, raises :class:`~mpcs.core.errors.DataError` naming the file and
 the problem, also when a worker thread decoded it; the decodes still queued are cancelled and
 no cache entry is written. With ``"skip"`` a bad image's pixels are left as zeros and it is
 reported as ``(path, reason)``; the caller must leave it out (pre-training drops the whole
@@ -32,7 +32,7 @@ rebuilt once, with an info line.
 Disk space: before the array is written, the free space of the cache folder is checked
 against its size (plus :data:`FREE_SPACE_RESERVE`), and the file's blocks are reserved with
 ``posix_fallocate`` where the file system supports it, so a full disk stops the command with
-one :class:`~mpcs.errors.DataError` line (and no temporary file left), never with a SIGBUS
+one :class:`~mpcs.core.errors.DataError` line (and no temporary file left), never with a SIGBUS
 from a memory-mapped write.
 
 Example:
@@ -60,8 +60,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from mpcs.core.errors import DataError
+from mpcs.core.io import atomic_path
 from mpcs.data.images import is_image_file, load_rgb
-from mpcs.errors import DataError
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -75,12 +76,6 @@ _HASH_CHUNK = 16 * 2**20
 _VERIFIED: set[tuple[str, int, int, int]] = set()
 
 BadImages = list[tuple[str, str]]
-
-
-def default_cache_dir() -> Path:
-    """``$MPCS_CACHE`` if set, else ``~/.cache/mpcs``."""
-    env = os.environ.get("MPCS_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "mpcs"
 
 
 @contextmanager
@@ -251,12 +246,8 @@ def _remove_stale_tmp(folder: Path) -> None:
 
 
 def _write_json(path: Path, data: object) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path, tmp_name=f"{path.name}.{os.getpid()}.tmp") as tmp:
         tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _check_free_space(folder: Path, nbytes: int) -> None:
@@ -330,24 +321,21 @@ def load_images_with_report(paths: Sequence[str | Path], size: int,
         return arr, bad
     _remove_stale_tmp(folder)
     _check_free_space(folder, int(np.prod(shape)))
-    tmp = folder / f"{key}.{os.getpid()}.tmp.npy"
     try:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        _reserve(tmp)
-        bad = _decode_all(paths, size, out, progress, workers, on_bad_image)
-        out.flush()
-        del out
-        digest = file_digest(tmp)
-        # The .json first: an .npy without its .json is never used (it is rebuilt).
-        _write_json(meta, {"size": size, "count": len(paths),
-                           "first": str(paths[0]) if paths else None, "bad": bad,
-                           "blake2b": digest})
-        os.replace(tmp, final)
+        with atomic_path(final, tmp_name=f"{key}.{os.getpid()}.tmp.npy") as tmp:
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
+            _reserve(tmp)
+            bad = _decode_all(paths, size, out, progress, workers, on_bad_image)
+            out.flush()
+            del out
+            digest = file_digest(tmp)
+            # The .json first: an .npy without its .json is never used (it is rebuilt).
+            _write_json(meta, {"size": size, "count": len(paths),
+                               "first": str(paths[0]) if paths else None, "bad": bad,
+                               "blake2b": digest})
         _VERIFIED.add(_identity(final))
     except OSError as exc:
         raise _cache_write_error(folder, exc) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     log.info("cached %d images at %dx%d in %s", len(paths), size, size, final)
     return np.load(final, mmap_mode="r"), bad
 

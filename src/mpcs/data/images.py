@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mpcs.errors import DataError
+from mpcs.core.errors import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",

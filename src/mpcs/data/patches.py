@@ -42,11 +42,11 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from mpcs.data.cache import default_cache_dir
+from mpcs.core.errors import ConfigError, DataError
+from mpcs.core.io import atomic_path, atomic_write_text
+from mpcs.core.runtime import default_cache_dir
 from mpcs.data.images import load_rgb
 from mpcs.data.stain import StainNormaliser, file_identity
-from mpcs.engine.runinfo import atomic_write_text
-from mpcs.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,8 @@ def _cut_image(source: Path, folder: Path, spec: PatchSpec,
             patch, ok = normaliser.normalise(patch)
             fallback = not ok
         name = f"x{x}_y{y}.png"
-        tmp = folder / f".{name}.{os.getpid()}.tmp.png"
-        Image.fromarray(patch).save(tmp, compress_level=1)
-        os.replace(tmp, folder / name)
+        with atomic_path(folder / name, suffix=".tmp.png") as tmp:
+            Image.fromarray(patch).save(tmp, compress_level=1)
         rows.append({"file": name, "x": x, "y": y, "stain_fallback": fallback})
     atomic_write_text(folder / "patches.json", json.dumps(
         {"source": str(source), "width": width, "height": height, "size": spec.size,

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mpcs.core.errors import ConfigError, DataError
 from mpcs.data.images import load_rgb
-from mpcs.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 

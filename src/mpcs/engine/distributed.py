@@ -33,8 +33,9 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
-from mpcs import errors
-from mpcs.errors import ConfigError, MpcsError
+from mpcs.core import errors
+from mpcs.core.errors import ConfigError, MpcsError
+from mpcs.core.runtime import select_device
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,6 @@ def distributed_context(device_name: str = "auto", backend: str = "auto",
         return
     ranks = env_ranks()
     if ranks is None or ranks[1] == 1:
-        from mpcs.engine.pretrain import select_device
-
         yield SINGLE, select_device(device_name)
         return
     if not dist.is_available():
@@ -308,12 +307,8 @@ def guarded(ctx: DistContext, fn: Callable[[], T], run_here: bool = True,
 
 
 def _error(kind: str, message: str) -> MpcsError:
-    """An :class:`MpcsError` subclass by name (from :mod:`mpcs.errors` or the engine)."""
-    cls = getattr(errors, kind, None)
-    if cls is None:
-        from mpcs.engine import pretrain
-
-        cls = getattr(pretrain, kind, MpcsError)
+    """An :class:`MpcsError` subclass by name (from :mod:`mpcs.core.errors`)."""
+    cls = getattr(errors, kind, MpcsError)
     if not (isinstance(cls, type) and issubclass(cls, MpcsError)):
         cls = MpcsError
     return cls(message)

@@ -46,7 +46,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import random
 import time
@@ -66,36 +65,31 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from mpcs.config import validate_finetune
-from mpcs.csvsafe import csv_text
-from mpcs.data.cache import cache_key, default_cache_dir, load_images
-from mpcs.data.transforms import (
-    AugmentConfig,
-    colour_jitter,
-    eval_transform,
-    flip_rotate,
-    normalize,
-    rotate_translate,
-    sample_params,
-    to_float,
-)
-from mpcs.engine.checkpoint import load_checkpoint, save_checkpoint
-from mpcs.engine.optim import build_optimizer, build_scheduler
-from mpcs.engine.pretrain import (
+from mpcs.core.checkpoint import load_checkpoint, save_checkpoint
+from mpcs.core.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
     NonFiniteLossError,
-    autocast_for,
-    load_pretrained,
-    select_device,
+    output_error,
 )
+from mpcs.core.io import atomic_path, atomic_write_text
+from mpcs.core.runtime import autocast_for, default_cache_dir, select_device
+from mpcs.core.tables import csv_text
+from mpcs.data.cache import cache_key, load_images
+from mpcs.data.transforms import (
+    FinetuneAugment,
+    eval_transform,
+)
+from mpcs.engine.optim import build_optimizer, build_scheduler
+from mpcs.engine.pretrain import load_pretrained
 from mpcs.engine.runinfo import (
     START_RECORDS,
     FolderRules,
-    atomic_write_text,
     check_run_folder,
     open_run_folder,
-    output_error,
     write_run_info,
 )
-from mpcs.errors import CheckpointError, ConfigError, DataError
 from mpcs.evaluation.linear_probe import extract_features
 from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
 from mpcs.models import Encoder, create_encoder
@@ -324,61 +318,6 @@ def _part_summary(parts: Sequence[Part]) -> dict[str, Any]:
                        "labels": {k: int(v) for k, v in sorted(counts.items())},
                        "patient_ids": sorted(set(p.patients))}
     return out
-
-
-# --------------------------------------------------------------------------- augmentation
-
-
-def random_resized_crop(x: Tensor, size: int, scale: Sequence[float], ratio: Sequence[float],
-                        g: torch.Generator) -> Tensor:
-    """Per-image random resized crop of a float batch ``[N, 3, H, W]`` to ``size x size``.
-
-    Each image draws its own area fraction in ``scale`` and aspect ratio (log-uniform) in
-    ``ratio``, as torchvision's ``RandomResizedCrop``; the crop sides are capped at the image
-    and its centre is uniform over the positions that keep it inside. One bilinear warp.
-    """
-    n = x.shape[0]
-    area = scale[0] + (scale[1] - scale[0]) * torch.rand(n, generator=g)
-    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand(
-        n, generator=g)
-    r = torch.exp(log_r)
-    w = torch.sqrt(area * r).clamp(max=1.0)   # fractions of the image width / height
-    h = torch.sqrt(area / r).clamp(max=1.0)
-    cx = (1 - w) * (torch.rand(n, generator=g) - 0.5)  # centre offset, fraction of the side
-    cy = (1 - h) * (torch.rand(n, generator=g) - 0.5)
-    theta = torch.zeros(n, 2, 3)
-    theta[:, 0, 0], theta[:, 1, 1] = w, h
-    theta[:, 0, 2], theta[:, 1, 2] = 2 * cx, 2 * cy
-    grid = F.affine_grid(theta.to(x.device), [n, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection",
-                         align_corners=False)
-
-
-class FinetuneAugment:
-    """Training augmentation with a parameter draw PER IMAGE: random resized crop, colour
-    jitter, flips and 90-degree rotations, small rotation + translation (affine), normalise.
-
-    Call with uint8 ``[N, 3, H, W]`` (any device) and a CPU generator; returns float
-    ``[N, 3, input_size, input_size]``.
-    """
-
-    def __init__(self, cfg: Mapping[str, Any], input_size: int, mean: Sequence[float],
-                 std: Sequence[float]) -> None:
-        a = dict(cfg)
-        self.scale = tuple(a.pop("crop_scale"))
-        self.ratio = tuple(a.pop("crop_ratio"))
-        self.cfg = AugmentConfig(**a)
-        self.cfg.validate()
-        self.input_size, self.mean, self.std = input_size, tuple(mean), tuple(std)
-
-    def __call__(self, x: Tensor, g: torch.Generator) -> Tensor:
-        n = x.shape[0]
-        x = random_resized_crop(to_float(x), self.input_size, self.scale, self.ratio, g)
-        p = sample_params(self.cfg, n, g)
-        x = colour_jitter(x, p)
-        x = flip_rotate(x, p)
-        x = rotate_translate(x, p.angle, p.shift)
-        return normalize(x, self.mean, self.std)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -774,12 +713,8 @@ def _features(encoder: Encoder, part: Part, cfg: Mapping[str, Any], info: Mappin
     feats = extract_features(encoder, pixels, size, batch_size=cfg["train"]["eval_batch_size"],
                              device=device, channels_last=encoder.channels_last)
     feats = np.ascontiguousarray(feats, dtype=np.float32)
-    tmp = out / f".{path.name}.{os.getpid()}.tmp.npy"
-    try:
+    with atomic_path(path, suffix=".tmp.npy") as tmp:
         np.save(tmp, feats)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return feats
 
 

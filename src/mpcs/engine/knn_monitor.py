@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mpcs.errors import ConfigError, DataError
+from mpcs.core.errors import ConfigError, DataError
 from mpcs.evaluation.linear_probe import extract_features
 from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
 from mpcs.models.encoders import Encoder
@@ -95,8 +95,8 @@ def breakhis_monitor(data_dir: str | Path, train_patients: Sequence[str] | None,
     Raises:
         ConfigError: a validation patient is also a pre-training patient, or is unknown.
     """
-    from mpcs.data.breakhis import scan_breakhis
     from mpcs.data.cache import load_images
+    from mpcs.data.datasets.breakhis import scan_breakhis
 
     manifest = scan_breakhis(data_dir)
     if magnification != "all":
@@ -186,7 +186,7 @@ def build_monitor(cfg: Mapping[str, Any], data_dir: str | Path, progress: bool =
                           "patients): without it pre-training would use every patient, the "
                           "monitor's held-out ones included (`mpcs pretrain --splits FILE "
                           "--fold K` sets both)")
-    from mpcs.data.cache import default_cache_dir
+    from mpcs.core.runtime import default_cache_dir
 
     cache_dir = (d["cache_dir"] or default_cache_dir()) if d["use_cache"] else None
     return breakhis_monitor(data_dir, d["patients"], mon["val_patients"], d["input_size"],

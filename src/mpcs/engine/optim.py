@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adamw", "sgd", "lars")
 SCHEDULES = ("cosine", "constant")

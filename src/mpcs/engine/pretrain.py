@@ -69,7 +69,6 @@ import random
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -80,13 +79,24 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from mpcs.config import PRETRAIN_DEFAULTS, resume_conflicts
-from mpcs.csvsafe import safe_rows
-from mpcs.data.breakhis_pairs import PATH_COLUMNS, PairData, pair_samples
-from mpcs.data.cache import CACHE_VERSION, cache_key, default_cache_dir
+from mpcs.config import PRETRAIN_DEFAULTS, resume_conflicts, with_defaults
+from mpcs.core.checkpoint import checkpoint_epoch, load_checkpoint, save_checkpoint
+from mpcs.core.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    NonFiniteLossError,
+    OutputError,
+    RunInterrupted,
+)
+from mpcs.core.io import append_line, atomic_write_text
+from mpcs.core.runtime import autocast_for, default_cache_dir
+from mpcs.core.tables import safe_rows
+from mpcs.data.cache import CACHE_VERSION, cache_key
 from mpcs.data.loader import Prefetcher, loader_settings, pin
-from mpcs.data.pairs import as_row_sampler
-from mpcs.data.sources import (
+from mpcs.data.pairs.breakhis import PATH_COLUMNS, PairData, pair_samples
+from mpcs.data.pairs.samplers import as_row_sampler
+from mpcs.data.pairs.sources import (
     MixedPairData,
     breakhis_strategy,
     create_row_sampler,
@@ -95,7 +105,6 @@ from mpcs.data.sources import (
 )
 from mpcs.data.splits import dataset_fingerprint
 from mpcs.data.transforms import AugmentConfig, UniformPairAugment
-from mpcs.engine.checkpoint import checkpoint_epoch, load_checkpoint, save_checkpoint
 from mpcs.engine.distributed import (
     SINGLE,
     DistContext,
@@ -113,16 +122,12 @@ from mpcs.engine.optim import build_optimizer, build_scheduler
 from mpcs.engine.runinfo import (
     START_RECORDS,
     FolderRules,
-    OutputError,
     RunFolder,
-    RunInterrupted,
-    atomic_write_text,
     check_run_folder,
     last_recorded,
     open_run_folder,
     write_run_info,
 )
-from mpcs.errors import CheckpointError, ConfigError, DataError, MpcsError
 from mpcs.losses import NTXentLoss
 from mpcs.models import MPCSModel, create_mpcs_model
 from mpcs.models.encoders import check_weights
@@ -145,27 +150,6 @@ RUN_FOLDER = FolderRules(resumable=True,
                          replaced_until="once the new run has written its first checkpoint",
                          records=(*START_RECORDS, "pretrain_patients.txt", SKIPPED_IMAGES),
                          subdirs=("checkpoints",))
-
-
-class NonFiniteLossError(MpcsError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available; use cpu or auto")
-    return dev
-
-
-def autocast_for(device: torch.device, amp: str):
-    """bf16 autocast on CUDA by default; on CPU only when asked for explicitly."""
-    if amp == "off" or (amp == "auto" and device.type != "cuda"):
-        return nullcontext()
-    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _rng_state(np_rng: np.random.Generator, gen: torch.Generator) -> dict[str, Any]:
@@ -290,13 +274,6 @@ def _trim_metrics(path: Path, last_epoch: int) -> None:
         log.info("%s: dropped %d line(s) of epochs after the checkpoint (epoch %d); they are "
                  "redone", path, len(lines) - len(kept), last_epoch)
         atomic_write_text(path, "".join(f"{x}\n" for x in kept))
-
-
-def _append_line(path: Path, text: str) -> None:
-    with open(path, "a") as f:
-        f.write(text + "\n")
-        f.flush()
-        os.fsync(f.fileno())
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -899,7 +876,7 @@ def _pretrain(cfg: Mapping[str, Any], data_dir: str | Path, run_dir: Path,
 def _log_pair_scales(run_dir: Path, epoch: int, step: int, plans: Sequence[StepPlan]) -> None:
     """Append the epoch's pairs to ``RUN/pair_scales.csv``: epoch, step, sample, the two
     relative magnifications and their ratio (``pairs.log_scales=true``)."""
-    from mpcs.data.sources import pair_scale_rows
+    from mpcs.data.pairs.sources import pair_scale_rows
 
     path = run_dir / "pair_scales.csv"
     buf = io.StringIO()
@@ -943,7 +920,7 @@ def _end_of_epoch(record: dict[str, Any], ckpt: dict[str, Any], metrics_path: Pa
         if epoch == 1:  # a new run: replaces the metrics of a run it starts over
             atomic_write_text(metrics_path, json.dumps(record) + "\n")
         else:
-            _append_line(metrics_path, json.dumps(record))
+            append_line(metrics_path, json.dumps(record))
     except OSError as exc:
         raise OutputError(f"cannot write {metrics_path} at the end of epoch {epoch}: "
                           f"{exc.strerror or exc}; the run stopped. "
@@ -968,7 +945,7 @@ def load_pretrained(checkpoint: str | Path) -> MPCSModel:
     if "config" not in state or "model" not in state:
         raise CheckpointError(f"{checkpoint}: not an mpcs pre-training checkpoint "
                               "(no config/model entries)")
-    cfg = dict(state["config"])
+    cfg = with_defaults(state["config"], PRETRAIN_DEFAULTS)  # keys added to mpcs since
     cfg["model"] = {**cfg["model"], "weights": "none"}
     model = build_model(cfg)
     model.load_state_dict(state["model"])

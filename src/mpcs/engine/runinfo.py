@@ -5,7 +5,6 @@ holding a run refused unless it is resumed or replaced (:func:`open_run_folder`)
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import logging
@@ -14,10 +13,8 @@ import platform
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -27,7 +24,8 @@ from typing import IO, Any
 import yaml
 
 from mpcs.config import resume_conflicts, yaml_load
-from mpcs.errors import ConfigError, MpcsError
+from mpcs.core.errors import ConfigError, OutputError, output_error
+from mpcs.core.io import atomic_write_text, check_output_folder
 
 try:
     import fcntl
@@ -41,28 +39,6 @@ PACKAGES = ("mpcs", "torch", "torchvision", "timm", "numpy", "scikit-learn", "pa
 LOCK_FILE = ".lock"
 #: Records every start writes anew: a folder holding only these holds no run yet.
 START_RECORDS = ("config.yaml", "run.json")
-
-
-class OutputError(MpcsError, OSError):
-    """An output folder or file cannot be created or written (not a folder, read-only, disk
-    full, in use by another process, or holding a run that is not to be replaced).
-
-    Also an :class:`OSError`, so code that handles a failed write handles this one too; its
-    ``strerror`` is the system's reason (e.g. "No space left on device"), ``str()`` the one
-    line for the user.
-    """
-
-
-def output_error(message: str, reason: str | None = None) -> OutputError:
-    """An :class:`OutputError` saying ``message``, with ``reason`` as its ``strerror``."""
-    err = OutputError(message)
-    err.strerror = reason  # no errno: str() stays ``message``
-    return err
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a run; ``str()`` says where the run stands and how to go on (the
-    command line prints it after "interrupted")."""
 
 
 def package_versions() -> dict[str, str | None]:
@@ -90,43 +66,6 @@ def git_commit() -> str | None:
     return None
 
 
-@contextmanager
-def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success flush, fsync and rename it over
-    ``path``, so a crash leaves either the old file or the new one, never half of one.
-
-    A failed write (read-only folder, disk full) raises :class:`OutputError` naming ``path``
-    (also an :class:`OSError`); the temporary file is removed and ``path`` left as it was."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise _cannot_write(path, exc) from None
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):  # never hide the failure behind a cleanup error
-            Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, MpcsError):
-            raise _cannot_write(path, exc) from None
-        raise
-
-
-def _cannot_write(path: Path, exc: OSError) -> OutputError:
-    reason = exc.strerror or str(exc)
-    return output_error(f"cannot write {path}: {reason}", reason)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (see :func:`atomic_file`)."""
-    with atomic_file(path, "w") as f:
-        f.write(text)
-
-
 def write_run_info(run_dir: str | Path, cfg: Mapping[str, Any], extra: Mapping[str, Any] = (),
                    resume: bool = False) -> None:
     """``config.yaml`` (resolved) and ``run.json`` (seed, versions, commit, command, host).
@@ -138,7 +77,8 @@ def write_run_info(run_dir: str | Path, cfg: Mapping[str, Any], extra: Mapping[s
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _cannot_write(run_dir, exc) from None
+        reason = exc.strerror or str(exc)
+        raise output_error(f"cannot write {run_dir}: {reason}", reason) from None
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(dict(cfg), sort_keys=False))
     start = {
         "versions": package_versions(),
@@ -262,38 +202,6 @@ class RunFolder:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close()
-
-
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
-def check_output_folder(run_dir: str | Path) -> None:
-    """Refuse, before any work, an output path that cannot become a writable folder."""
-    run_dir = Path(run_dir)
-    where = run_dir.absolute()
-    existing = _existing_ancestor(where)
-    if not existing.is_dir():
-        what = "it is a file" if existing == where else f"{existing} is a file"
-        raise OutputError(f"cannot use {run_dir} as the run folder: {what}, not a folder; "
-                          f"choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write the run folder {run_dir}: {existing} is not writable "
-                          f"(permission denied or read-only); choose another --out")
-
-
-def check_output_file(path: str | Path) -> None:
-    """Refuse, before any work, an output file whose folder cannot be created or written."""
-    path = Path(path)
-    existing = _existing_ancestor(path.absolute().parent)
-    if not existing.is_dir():
-        raise OutputError(f"cannot write {path}: {existing} is a file, not a folder; choose "
-                          f"another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write {path}: {existing} is not writable (permission "
-                          f"denied or read-only); choose another --out")
 
 
 def _ignorable(path: Path, rel: str, rules: FolderRules) -> bool:

@@ -38,29 +38,21 @@ from mpcs.config import (
     dump,
     resolve,
 )
-from mpcs.csvsafe import csv_text
-from mpcs.data.breakhis import scan_breakhis
-from mpcs.data.cache import default_cache_dir, load_images
-from mpcs.data.pairs import MAGNIFICATIONS
+from mpcs.core.errors import ConfigError, DataError, MpcsError
+from mpcs.core.io import atomic_write_text, check_output_folder
+from mpcs.core.runtime import default_cache_dir
+from mpcs.core.tables import csv_text
+from mpcs.core.vocab import BASELINE_LABELS, MAGNIFICATIONS, strategy_label
+from mpcs.data.cache import load_images
+from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.data.splits import Splits, check_splits, make_splits
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
 from mpcs.engine.pretrain import pretrain
-from mpcs.engine.runinfo import (
-    LOCK_FILE,
-    atomic_write_text,
-    check_output_folder,
-    check_resumable,
-    lock_folder,
-    write_run_info,
-)
-from mpcs.errors import ConfigError, DataError, MpcsError
+from mpcs.engine.runinfo import LOCK_FILE, check_resumable, lock_folder, write_run_info
 from mpcs.evaluation.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 
-STRATEGY_NAMES = {"fixed": "MPCS-FP", "ordered": "MPCS-OP", "random": "MPCS-RP",
-                  "fp": "MPCS-FP", "op": "MPCS-OP", "rp": "MPCS-RP"}
-BASELINE_NAMES = {"imagenet": "ImageNet", "none": "Random init"}
 #: Settings that may change on ``--resume``: they only choose which cells exist. Any other
 #: change would leave finished cells made under the old settings beside new ones.
 RESUME_MAY_DIFFER = ("name", "description", "methods", "magnifications", "label_fractions",
@@ -167,18 +159,18 @@ def _pretrain_fold(cfg: Mapping[str, Any], data: Path, out: Path, splits: Splits
         pcfg = pretrain_config(cfg, strategy, train_patients)
         done, last = run / "done.json", run / "checkpoints" / "last.pt"
         finished = resume and done.exists()  # its settings were checked before the grid ran
-        if finished and not last.exists() and needed(STRATEGY_NAMES[strategy]):
+        if finished and not last.exists() and needed(strategy_label(strategy)):
             log.warning("fold %d: %s's pre-training checkpoint was removed (keep_checkpoints="
                         "fold0); pre-training it again for the cells still to run. The new "
                         "encoder equals the removed one only where training is deterministic "
-                        "(CPU, same versions)", fold, STRATEGY_NAMES[strategy])
+                        "(CPU, same versions)", fold, strategy_label(strategy))
             finished = False
         if not finished:
-            log.info("fold %d: pre-training %s", fold, STRATEGY_NAMES[strategy])
+            log.info("fold %d: pre-training %s", fold, strategy_label(strategy))
             summary = pretrain(pcfg, data, run, resume=resume, progress=progress)
             atomic_write_text(done, json.dumps(summary, indent=1))
         _guard_pretraining(run, train_patients, fold)
-        checkpoints[STRATEGY_NAMES[strategy]] = (str(last), pcfg["model"]["encoder"])
+        checkpoints[strategy_label(strategy)] = (str(last), pcfg["model"]["encoder"])
     return checkpoints
 
 
@@ -313,7 +305,7 @@ def _run_grid(cfg: Mapping[str, Any], data: Path, out: Path, resume: bool,
     rows = []
     for fold in range(cfg["folds"]):
         train_patients = splits.fold(fold).train
-        inits = {BASELINE_NAMES[cfg["baseline"]]: (cfg["baseline"], fcfg["model"]["encoder"])}
+        inits = {BASELINE_LABELS[cfg["baseline"]]: (cfg["baseline"], fcfg["model"]["encoder"])}
 
         def needed(method: str, fold: int = fold) -> bool:
             return any(not (cell_dir(out, fold, method, mag, fraction)

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from mpcs.csvsafe import read_csv
-from mpcs.engine.runinfo import atomic_write_text
+from mpcs.core.io import atomic_path, atomic_write_text
+from mpcs.core.tables import read_csv
+from mpcs.core.vocab import strategy_label
 from mpcs.evaluation.html import escape_markdown
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ __all__ = ["Figure", "add_figures", "finish_report"]
 log = logging.getLogger(__name__)
 
 FIGURES_DIR = "figures"
-_STRATEGY_LABELS = {"fixed": "MPCS-FP", "ordered": "MPCS-OP", "random": "MPCS-RP"}
 _BASELINES = ("ImageNet", "Random init")
 _MPCS_PREFERENCE = ("MPCS-OP", "MPCS-FP", "MPCS-RP")
 
@@ -126,15 +126,14 @@ def _tsne(exp: Path, out: Path, max_images: int, seed: int = 0) -> list[Figure]:
             ax.scatter(xy[mask, 0], xy[mask, 1], s=10, alpha=0.8,
                        c=_COLOURS.get(name, _OTHER_COLOUR), label=f"{name} ({int(mask.sum())})")
         strategy = run.name.removeprefix("pretrain-")
-        ax.set_title(_STRATEGY_LABELS.get(strategy, strategy), fontsize=10)
+        ax.set_title(strategy_label(strategy), fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path = out / f"tsne_{fold.name}.png"
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp)
     shown = f"{len(files)} of {total}" if total > len(files) else f"all {total}"
     return [Figure(path, f"t-SNE of the pooled backbone features of each pre-trained encoder "
                          f"of {fold.name} on {shown} test images of that fold (all "

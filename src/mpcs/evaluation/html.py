@@ -30,7 +30,7 @@ import os
 import re
 from pathlib import Path
 
-from mpcs.engine.runinfo import atomic_write_text
+from mpcs.core.io import atomic_write_text
 
 __all__ = ["escape_markdown", "markdown_to_html", "render_page", "write_html"]
 

@@ -29,12 +29,12 @@ import pandas as pd
 import torch
 
 from mpcs.config import resolve
-from mpcs.csvsafe import safe_frame
-from mpcs.data.breakhis import scan_breakhis
+from mpcs.core.io import atomic_write_text
+from mpcs.core.tables import safe_frame
+from mpcs.core.vocab import MAGNIFICATIONS
 from mpcs.data.cache import load_images
-from mpcs.data.pairs import MAGNIFICATIONS
-from mpcs.data.synth import SynthConfig, write_breakhis
-from mpcs.engine.runinfo import atomic_write_text
+from mpcs.data.datasets.breakhis import scan_breakhis
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
 
 #: The grid: method -> pre-training preset (all ResNet-18, 48 px, Adam, same data).
 METHOD_PRESETS: dict[str, str] = {
@@ -82,7 +82,7 @@ def compare_methods(out: str | Path, methods: Sequence[str] = tuple(METHOD_PRESE
 
     unknown = [m for m in methods if m not in METHOD_PRESETS]
     if unknown:
-        from mpcs.errors import ConfigError
+        from mpcs.core.errors import ConfigError
 
         raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(METHOD_PRESETS)}")
     out = Path(out)
@@ -145,7 +145,7 @@ def synthetic_slide_rgb(grid: tuple[int, int] = (3, 4), tile: int = 256, margin:
     """An RGB slide ``[H, W, 3]``: a grid of synthetic tissue fields (the 40X renders of
     :mod:`mpcs.data.synth`, one patient per tile, benign and malignant alternating) on white
     glass with a margin."""
-    from mpcs.data.synth import patient_specs, render_sample
+    from mpcs.data.synth.breakhis import patient_specs, render_sample
 
     rows, cols = grid
     cfg = SynthConfig(patients=max(2, rows * cols), samples_per_patient=1,
@@ -166,7 +166,7 @@ def wsi_pretrain_demo(out: str | Path, method: str = "mpcs", epochs: int = 3,
     """Write ``out/slides/synthetic-slide.tif`` (pyramidal, 0.5 µm/pixel) and pre-train on
     it with ``data.source=wsi`` and continuous scales in [1, 4]; returns the summary with
     the slide path and the run's seconds."""
-    from mpcs.data.wsi import write_pyramid_tiff
+    from mpcs.data.pairs.wsi import write_pyramid_tiff
     from mpcs.engine.pretrain import pretrain
 
     out = Path(out)

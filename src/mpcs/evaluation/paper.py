@@ -19,7 +19,9 @@ Example:
 
 from __future__ import annotations
 
-MAGS = ("40X", "100X", "200X", "400X", "Mean")
+from mpcs.core.vocab import MAGNIFICATIONS
+
+MAGS = (*MAGNIFICATIONS, "Mean")
 
 
 def _row(*values: float) -> dict[str, float]:

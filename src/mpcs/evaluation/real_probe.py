@@ -47,13 +47,15 @@ from sklearn.model_selection import StratifiedKFold
 from tqdm import tqdm
 
 from mpcs.config import config_kind, load_preset, resolve
-from mpcs.csvsafe import csv_text, read_csv
-from mpcs.data.breakhis import scan_breakhis
-from mpcs.data.cache import default_cache_dir, load_images
+from mpcs.core.errors import ConfigError, DataError
+from mpcs.core.io import atomic_write_text
+from mpcs.core.runtime import default_cache_dir
+from mpcs.core.tables import csv_text, read_csv
+from mpcs.data.cache import load_images
+from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.engine.finetune import finetune
 from mpcs.engine.pretrain import load_pretrained, pretrain
-from mpcs.engine.runinfo import atomic_write_text, write_run_info
-from mpcs.errors import ConfigError, DataError
+from mpcs.engine.runinfo import write_run_info
 from mpcs.evaluation.linear_probe import extract_features, fit_fixed_probe
 from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
 from mpcs.evaluation.stats import corrected_paired_test, format_mean_std, paired_test

@@ -12,7 +12,7 @@ recomputes all metrics from the saved predictions, and writes
   matches. Names (dataset, mode, method, encoder) enter it through
   :func:`mpcs.evaluation.html.escape_markdown`, so a name is always shown as text.
 
-CSV files are written and read through :mod:`mpcs.csvsafe` (a text cell that starts with
+CSV files are written and read through :mod:`mpcs.core.tables` (a text cell that starts with
 ``= + - @`` is written with an apostrophe in front and read back without it).
 """
 
@@ -24,16 +24,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mpcs.csvsafe import csv_text, read_csv
-from mpcs.engine.runinfo import atomic_write_text
-from mpcs.errors import DataError
+from mpcs.core.errors import DataError
+from mpcs.core.io import atomic_write_text
+from mpcs.core.tables import csv_text, read_csv
+from mpcs.core.vocab import MAGNIFICATIONS
 from mpcs.evaluation.figures import finish_report
 from mpcs.evaluation.html import escape_markdown
 from mpcs.evaluation.metrics import classification_metrics
 from mpcs.evaluation.paper import paper_row
 from mpcs.evaluation.stats import format_mean_std, paired_test
 
-MAGS = ("40X", "100X", "200X", "400X")
+MAGS = MAGNIFICATIONS
 KEYS = ["dataset", "mode", "method", "encoder", "fold", "magnification", "label_fraction"]
 METRICS = ["ila", "pla", "precision", "recall", "f1", "roc_auc"]
 

@@ -42,17 +42,16 @@ from typing import Any
 
 from mpcs import __version__
 from mpcs.config import resolve
-from mpcs.data.download import (
-    REGISTRY,
-    DatasetSource,
-    FetchSettings,
-    install_dataset,
-    installed,
-)
-from mpcs.data.synth_archive import SynthSizes, synthetic_archive
+from mpcs.core.errors import ConfigError, DataError, DownloadError
+from mpcs.core.io import atomic_write_text, check_output_folder
+from mpcs.core.vocab import MAGNIFICATIONS, STRATEGIES
+from mpcs.data.datasets import DOWNLOADS
+from mpcs.data.download.fetch import DEFAULT_FETCH, FetchSettings
+from mpcs.data.download.install import install_dataset, installed
+from mpcs.data.download.source import DatasetSource
+from mpcs.data.synth.archive import SynthSizes, synthetic_archive
 from mpcs.engine.pretrain import pretrain
-from mpcs.engine.runinfo import atomic_write_text, check_output_folder, lock_folder
-from mpcs.errors import ConfigError, DataError, DownloadError
+from mpcs.engine.runinfo import lock_folder
 from mpcs.evaluation.experiment import check_finished_pretraining, run_experiment
 from mpcs.evaluation.report import write_report
 from mpcs.evaluation.reproduce_report import StageInfo, write_reproduction_report
@@ -67,13 +66,11 @@ Say = Callable[[str], None]
 TABLES: tuple[int, ...] = (5, 6, 7, 8, 9)
 SCALES: tuple[str, ...] = ("paper", "cpu-tiny")
 SOURCES: tuple[str, ...] = ("official", "synthetic")
-STRATEGIES: tuple[str, ...] = ("fixed", "ordered", "random")
 #: BreakHis label fractions of Table 5 (20 % of all images: a third of the training part,
 #: the validation part being held out) and Table 6 (all training labels).
 TABLE_FRACTIONS = {5: 0.3333, 6: 1.0}
 BACH_FRACTIONS = (0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0)
 STATE = "reproduce.json"
-DEFAULT_FETCH = FetchSettings()
 
 #: Images/s (views) of the engine's pre-training step on one H100 80GB, bf16 (bench/README.md,
 #: "GPU results", 2026-11-26). EfficientNet-b2 at 341 px was not measured: it is taken at
@@ -93,7 +90,7 @@ class TinySettings:
                                    bach_image=(96, 96), bcc_per_class=6, bcc_image=(96, 96))
     folds: int = 2
     methods: tuple[str, ...] = STRATEGIES
-    magnifications: tuple[str, ...] = ("40X", "100X", "200X", "400X")
+    magnifications: tuple[str, ...] = MAGNIFICATIONS
     pretrain_epochs: int = 3
     pretrain_batch: int = 8
     finetune_epochs: int = 2
@@ -344,14 +341,14 @@ def _synthetic_source(name: str, opts: DataOptions, say: Say
     """The registry entry of a synthetic stand-in and its archive (made once)."""
     folder = opts.root / "synthetic"
     meta = folder / f"{name}.expected.json"
-    archive = folder / REGISTRY[name].archive
+    archive = folder / DOWNLOADS[name].archive
     if not (meta.is_file() and archive.is_file()):
         say(f"writing a synthetic {name} set packed as {archive.name}")
         archive, expected = synthetic_archive(name, folder, opts.sizes)
         atomic_write_text(meta, json.dumps(expected, indent=1))
     expected = json.loads(meta.read_text())
-    title = f"{REGISTRY[name].title} -- SYNTHETIC stand-in made by mpcs"
-    return replace(REGISTRY[name], url=None, expected=expected, title=title), archive, folder
+    title = f"{DOWNLOADS[name].title} -- SYNTHETIC stand-in made by mpcs"
+    return replace(DOWNLOADS[name], url=None, expected=expected, title=title), archive, folder
 
 
 def prepare_data(names: Sequence[str], opts: DataOptions, progress: bool, say: Say
@@ -364,7 +361,7 @@ def prepare_data(names: Sequence[str], opts: DataOptions, progress: bool, say: S
         if opts.source == "synthetic":
             source, archive, folder = _synthetic_source(name, opts, say)
         else:
-            source, archive, folder = REGISTRY[name], None, opts.root
+            source, archive, folder = DOWNLOADS[name], None, opts.root
         done = installed(source, folder)
         try:
             result = done or install_dataset(source, folder, archive=archive,
@@ -468,7 +465,7 @@ def run_reproduce(out: str | Path, tables: Sequence[int] = TABLES,
         stages = plan_stages(tables, scale, out, tiny)
         say(format_estimate(estimate_gpu_hours(plan_stages(tables, "paper", out)), scale))
         opts = DataOptions(root, source, allow_differences, settings, tiny.sizes)
-        names = sorted({s.dataset for s in stages}, key=list(REGISTRY).index)
+        names = sorted({s.dataset for s in stages}, key=list(DOWNLOADS).index)
         data = prepare_data(names, opts, progress, say)
         t0, failed = time.perf_counter(), 0
         for stage in stages:

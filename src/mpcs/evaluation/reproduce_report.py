@@ -6,7 +6,7 @@ folder (:func:`mpcs.evaluation.report.collect_results` for BreakHis,
 
 * ``OUT/reproduction.csv``: one row per table cell (``table, section, row, column,
   ours_mean, ours_std, folds, paper_mean, paper_std, p_value``), through
-  :mod:`mpcs.csvsafe`;
+  :mod:`mpcs.core.tables`;
 * ``OUT/report.md``: the data used (source, SHA-256, count check), the settings that differ
   from the paper's text (and from the authors' code where it differs from the text), then
   Tables 5-9 in the paper's layout with an ``ours`` and a ``paper`` line per method:
@@ -35,9 +35,11 @@ import pandas as pd
 
 from mpcs import __version__
 from mpcs.config import resolve
-from mpcs.csvsafe import csv_text
-from mpcs.engine.runinfo import atomic_write_text, git_commit
-from mpcs.errors import DataError
+from mpcs.core.errors import DataError
+from mpcs.core.io import atomic_write_text
+from mpcs.core.tables import csv_text
+from mpcs.core.vocab import MAGNIFICATIONS
+from mpcs.engine.runinfo import git_commit
 from mpcs.evaluation.paper import (
     AUTHORS_CODE,
     PAPER_BACH,
@@ -54,7 +56,7 @@ from mpcs.evaluation.transfer import collect_transfer_results
 __all__ = ["BY_DESIGN", "StageInfo", "collect_cells", "settings_differences",
            "write_reproduction_report"]
 
-MAGS = ("40X", "100X", "200X", "400X")
+MAGS = MAGNIFICATIONS
 METHODS = ("ImageNet", "MPCS-FP", "MPCS-OP", "MPCS-RP")
 BASELINES = ("ImageNet", "Random init")
 ENCODERS = {"resnet50_dilated": "ResNet-50 (dilated)", "efficientnet_b2": "EfficientNet-b2"}

@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,21 +46,22 @@ import torch
 from sklearn.metrics import precision_recall_fscore_support
 
 from mpcs.config import EXPERIMENT_DEFAULTS
-from mpcs.csvsafe import csv_text, read_csv
-from mpcs.data.bach import BACH_CLASSES, scan_bach
-from mpcs.data.bcc import BCC_CLASSES, scan_bcc
-from mpcs.data.cache import default_cache_dir, load_images
+from mpcs.core.checkpoint import load_checkpoint
+from mpcs.core.errors import ConfigError, DataError
+from mpcs.core.io import atomic_write_text
+from mpcs.core.runtime import default_cache_dir
+from mpcs.core.tables import csv_text, read_csv
+from mpcs.core.vocab import BASELINE_LABELS, strategy_label
+from mpcs.data.cache import load_images
+from mpcs.data.datasets import DATASETS, Dataset, patch_datasets
 from mpcs.data.patches import PatchSpec, extract_patches, majority_vote
 from mpcs.data.splits import check_splits
 from mpcs.data.stain import build_normaliser
-from mpcs.engine.checkpoint import load_checkpoint
+from mpcs.data.transforms.tta import tta_views
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
-from mpcs.engine.runinfo import LOCK_FILE, atomic_write_text, check_resumable
-from mpcs.errors import ConfigError, DataError
+from mpcs.engine.runinfo import LOCK_FILE, check_resumable
 from mpcs.evaluation.experiment import (
-    BASELINE_NAMES,
     RESUME_MAY_DIFFER,
-    STRATEGY_NAMES,
     check_finished_pretraining,
     drop_checkpoints,
     load_or_make_splits,
@@ -75,24 +75,8 @@ from mpcs.evaluation.stats import format_mean_std
 log = logging.getLogger(__name__)
 
 MARKER = "transfer.json"
-LEVELS = ("patch", "image")
 METRICS = ("accuracy", "precision", "recall", "f1")
 
-
-@dataclass(frozen=True)
-class TransferDataset:
-    """A patch-based transfer data set: its reader, classes and positive class (binary)."""
-
-    name: str
-    scan: Callable[[str | Path], pd.DataFrame]
-    classes: tuple[str, ...]
-    positive: str | None  # binary precision/recall of this class; None: macro averages
-
-
-DATASETS: dict[str, TransferDataset] = {
-    "bach": TransferDataset("bach", scan_bach, BACH_CLASSES, None),
-    "bcc": TransferDataset("bcc", scan_bcc, BCC_CLASSES, "malignant"),
-}
 
 #: The paper's test numbers (ResNet-50): Table 7 (BACH, 100 % labels, image- and patch-wise
 #: accuracy) and Table 9 (BCC, image-wise accuracy, fine-tuned and linear).
@@ -107,32 +91,6 @@ PAPER = {
 
 
 # --------------------------------------------------------------------------- configuration
-
-
-def validate_transfer(cfg: Mapping[str, Any]) -> None:
-    """Value checks of an experiment's ``transfer`` settings (types are checked already)."""
-    t = cfg["transfer"]
-
-    def require(ok: bool, message: str) -> None:
-        if not ok:
-            raise ConfigError(message)
-
-    require(cfg["dataset"] in DATASETS, f"dataset must be one of breakhis, "
-            f"{', '.join(DATASETS)}, got {cfg['dataset']!r}")
-    require(t["patch_size"] >= 8, f"transfer.patch_size must be >= 8, got {t['patch_size']}")
-    require(t["patch_stride"] >= 0,
-            f"transfer.patch_stride must be >= 0 (0 = patch size), got {t['patch_stride']}")
-    require(t["stain_norm"] == "none" or bool(t["stain_reference"]),
-            f"transfer.stain_norm={t['stain_norm']} needs transfer.stain_reference (the path "
-            "of a reference image)")
-    require(0 <= t["stain_min_tissue"] < 1,
-            f"transfer.stain_min_tissue must be in [0, 1), got {t['stain_min_tissue']}")
-    require(0 < t["val_fraction"] < 1,
-            f"transfer.val_fraction must be in (0, 1), got {t['val_fraction']}")
-    require(0 <= t["pretrain_fold"], f"transfer.pretrain_fold must be >= 0, got "
-            f"{t['pretrain_fold']}")
-    require(all(isinstance(p, str) and p for p in t["pretrained"]),
-            f"transfer.pretrained must be a list of paths, got {t['pretrained']!r}")
 
 
 def modes_of(cfg: Mapping[str, Any]) -> list[str]:
@@ -177,7 +135,7 @@ def _strategy_and_encoder(path: Path) -> tuple[str, str]:
     if method != "mpcs":
         raise ConfigError(f"transfer.pretrained: {path} was pre-trained with method={method}; "
                           "the transfer grid compares MPCS pair strategies (method=mpcs)")
-    return STRATEGY_NAMES[cfg["pairs"]["strategy"]], cfg["model"]["encoder"]
+    return strategy_label(cfg["pairs"]["strategy"]), cfg["model"]["encoder"]
 
 
 def resolve_inits(cfg: Mapping[str, Any], fcfg: Mapping[str, Any], out: Path, resume: bool,
@@ -185,7 +143,7 @@ def resolve_inits(cfg: Mapping[str, Any], fcfg: Mapping[str, Any], out: Path, re
     """``{method name: (init, encoder name)}``: the baseline, then one MPCS encoder per
     strategy of ``methods`` (given checkpoints first, else pre-trained on BreakHis here)."""
     t = cfg["transfer"]
-    inits = {BASELINE_NAMES[cfg["baseline"]]: (cfg["baseline"], fcfg["model"]["encoder"])}
+    inits = {BASELINE_LABELS[cfg["baseline"]]: (cfg["baseline"], fcfg["model"]["encoder"])}
     given: dict[str, tuple[str, str]] = {}
     for entry in t["pretrained"]:
         for path in _checkpoints_of(entry, t["pretrain_fold"]):
@@ -195,7 +153,7 @@ def resolve_inits(cfg: Mapping[str, Any], fcfg: Mapping[str, Any], out: Path, re
                                   f"{given[name][0]} and {path}")
             given[name] = (str(path), encoder)
     for strategy in cfg["methods"]:
-        name = STRATEGY_NAMES[strategy]
+        name = strategy_label(strategy)
         if name in given:
             inits[name] = given[name]
             continue
@@ -215,7 +173,7 @@ def _pretrain_on_breakhis(cfg: Mapping[str, Any], strategy: str, out: Path, resu
     pcfg = pretrain_config(cfg, strategy)
     done = run / "done.json"
     if not (resume and done.exists()):  # a finished run's settings were checked at the start
-        log.info("pre-training %s on %s", STRATEGY_NAMES[strategy],
+        log.info("pre-training %s on %s", strategy_label(strategy),
                  cfg["transfer"]["pretrain_data"])
         summary = pretrain(pcfg, cfg["transfer"]["pretrain_data"], run, resume=resume,
                            progress=progress)
@@ -264,20 +222,6 @@ def _probabilities(preds: pd.DataFrame, classes: Sequence[str]) -> np.ndarray:
     return np.stack([1.0 - p, p], axis=1)
 
 
-def tta_views(kind: str) -> list[Callable[[torch.Tensor], torch.Tensor]]:
-    """Test-time views of a batch ``[N, 3, H, W]``: ``none`` (identity), ``flips`` (identity,
-    horizontal, vertical, both) or ``dihedral`` (the 8 flips and 90-degree rotations)."""
-    if kind == "none":
-        return [lambda x: x]
-    if kind == "flips":
-        return [lambda x: x, lambda x: x.flip(-1), lambda x: x.flip(-2),
-                lambda x: x.flip(-1).flip(-2)]
-    if kind == "dihedral":
-        return [(lambda x, k=k, f=f: torch.rot90(x.flip(-1) if f else x, k, dims=(-2, -1)))
-                for f in (False, True) for k in range(4)]
-    raise ConfigError(f"transfer.tta must be none, flips or dihedral, got {kind!r}")
-
-
 def tta_probabilities(checkpoint: Path, paths: Sequence[str], kind: str,
                       cache_dir: str | None, batch_size: int = 64) -> np.ndarray:
     """Mean class probabilities ``[N, C]`` of the fine-tuned model over the test-time views."""
@@ -290,7 +234,7 @@ def tta_probabilities(checkpoint: Path, paths: Sequence[str], kind: str,
     return total / len(views)
 
 
-def _finish_part(cell: Path, part: str, frame: pd.DataFrame, ds: TransferDataset, tta: str,
+def _finish_part(cell: Path, part: str, frame: pd.DataFrame, ds: Dataset, tta: str,
                  cache_dir: str | None) -> None:
     """Write ``<part>_patches.csv`` and ``<part>_images.csv`` (majority vote) of a cell."""
     preds = read_csv(cell / f"{part}_predictions.csv")
@@ -312,7 +256,7 @@ def _finish_part(cell: Path, part: str, frame: pd.DataFrame, ds: TransferDataset
     atomic_write_text(cell / f"{part}_images.csv", csv_text(votes))
 
 
-def cell_scores(cell: Path, ds: TransferDataset) -> dict[str, float]:
+def cell_scores(cell: Path, ds: Dataset) -> dict[str, float]:
     """``<part>_<level>_<metric>`` for val/test, patch/image, the four :data:`METRICS`,
     recomputed from a finished cell's ``*_patches.csv`` and ``*_images.csv``."""
     scores: dict[str, float] = {}
@@ -358,7 +302,7 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
     if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not resume:
         raise ConfigError(f"{out} already holds an experiment; add --resume to continue it or "
                           "choose another --out")
-    ds = DATASETS[cfg["dataset"]]
+    ds = patch_datasets()[cfg["dataset"]]
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         check_resumable(out / "config.yaml", cfg, EXPERIMENT_DEFAULTS, RESUME_MAY_DIFFER)
@@ -419,10 +363,6 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
 RESULT_KEYS = ["dataset", "mode", "method", "encoder", "fold", "label_fraction"]
 
 
-def is_transfer_experiment(exp_dir: str | Path) -> bool:
-    return (Path(exp_dir) / MARKER).is_file()
-
-
 def collect_transfer_results(exp_dir: str | Path) -> pd.DataFrame:
     """One row per finished cell: :data:`RESULT_KEYS`, then ``<part>_<level>_<metric>``
     recomputed from the saved predictions, and the counts."""
@@ -430,7 +370,7 @@ def collect_transfer_results(exp_dir: str | Path) -> pd.DataFrame:
     rows = []
     for meta_path in sorted(exp_dir.rglob("cell.json")):
         meta = json.loads(meta_path.read_text())
-        ds = DATASETS.get(meta.get("dataset", ""))
+        ds = patch_datasets().get(meta.get("dataset", ""))
         if ds is None or not (meta_path.parent / "test_images.csv").exists():
             continue
         rows.append({**{k: meta[k] for k in RESULT_KEYS}, **cell_scores(meta_path.parent, ds)})
@@ -450,7 +390,7 @@ def _ms(values: pd.Series, percent: bool) -> str:
 
 def _methods(group: pd.DataFrame) -> list[str]:
     names = list(dict.fromkeys(group["method"]))
-    base = [n for n in BASELINE_NAMES.values() if n in names]
+    base = [n for n in BASELINE_LABELS.values() if n in names]
     return base + sorted(n for n in names if n not in base)
 
 

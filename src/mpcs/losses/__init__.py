@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
 from mpcs.losses.barlow_twins import BarlowTwinsLoss
 from mpcs.losses.byol import BYOLLoss
 from mpcs.losses.ntxent import NTXentLoss

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
 from mpcs.methods.barlow_twins import BarlowTwinsMethod
 from mpcs.methods.base import PairMethod, option
 from mpcs.methods.byol import BYOLMethod

@@ -67,7 +67,6 @@ class PairMethod(nn.Module):
 
 
 def option(cfg: Mapping[str, Any], key: str) -> Any:
-    """``cfg["ssl"][key]`` with the default of :data:`mpcs.config.PRETRAIN_DEFAULTS`."""
-    from mpcs.config import PRETRAIN_DEFAULTS
-
-    return dict(cfg.get("ssl") or {}).get(key, PRETRAIN_DEFAULTS["ssl"][key])
+    """``cfg["ssl"][key]`` of a resolved configuration (a checkpoint's configuration is
+    completed with the defaults before a method is rebuilt from it)."""
+    return cfg["ssl"][key]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mpcs.data.transforms import UniformPairAugment, sample_params, to_float
-from mpcs.data.zoom import crop_resize
+from mpcs.data.transforms.geometry import crop_resize
 from mpcs.methods.mpcs import MPCSMethod
 from mpcs.models.encoders import Encoder
 from mpcs.models.heads import ProjectionHead

@@ -39,13 +39,12 @@ import torch
 from timm.models import group_modules
 from torch import nn
 
-from mpcs.engine.checkpoint import torch_load_safely
-from mpcs.errors import CheckpointError, ConfigError
+from mpcs.core.checkpoint import read_weights
+from mpcs.core.errors import CheckpointError, ConfigError
+from mpcs.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from mpcs.models.lite_weights import LITE_MEAN, LITE_STD, lite_weights_available
 from mpcs.models.lite_weights import load_lite_imagenet as _load_lite_imagenet
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pth", ".pt", ".safetensors", ".bin", ".ckpt")
 _WEIGHTS_HELP = (
     "Use --weights none, a local checkpoint path (--weights /path/to/weights.pth or "
@@ -431,7 +430,7 @@ def load_encoder_weights(
         CheckpointError: the file is missing, unreadable, or does not fit ``model``.
     """
     path = Path(path)
-    raw = _read_checkpoint(path)
+    raw = read_weights(path)
     state = _normalise_keys(_extract_state_dict(raw, path), set(model.state_dict()))
     _check_fits(model, state, path)
     model.load_state_dict(state, strict=False)
@@ -449,23 +448,7 @@ def check_weights(weights: str | os.PathLike[str]) -> None:
     """
     _, path = _parse_weights(weights)
     if path is not None:
-        _extract_state_dict(_read_checkpoint(path), path)
-
-
-def _read_checkpoint(path: Path) -> Any:
-    """Read ``path`` on the CPU (safetensors or ``torch.load(weights_only=True)``; a pickled
-    object is refused in one line of ours, never with torch's advice to load it anyway)."""
-    if not path.is_file():
-        raise CheckpointError(f"weights file {path} does not exist")
-    if path.suffix.lower() != ".safetensors":
-        return torch_load_safely(path, "weights file")
-    try:
-        from safetensors.torch import load_file
-
-        return load_file(str(path), device="cpu")
-    except Exception as error:  # broad on purpose: report any read failure with the file name
-        flat = " ".join(str(error).split())
-        raise CheckpointError(f"could not read weights file {path}: {flat}") from None
+        _extract_state_dict(read_weights(path), path)
 
 
 def _extract_state_dict(raw: Any, path: Path) -> dict[str, torch.Tensor]:

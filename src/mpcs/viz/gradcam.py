@@ -50,7 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mpcs.errors import CheckpointError, ConfigError, DataError
+from mpcs.core.errors import CheckpointError, ConfigError, DataError
+from mpcs.core.io import atomic_path
 
 __all__ = [
     "CLASS_MODES",
@@ -633,9 +634,8 @@ def _safe_stem(path: Path) -> str:
 
 def _save(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp)
     return path
 
 

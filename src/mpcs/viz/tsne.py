@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcs.errors import ConfigError, DataError
+from mpcs.core.errors import ConfigError, DataError
+from mpcs.core.io import atomic_path
 
 __all__ = ["FEATURE_KINDS", "tsne_plot"]
 
@@ -74,9 +75,8 @@ def _draw(xy: np.ndarray, labels: np.ndarray, title: str, path: Path) -> Path:
     ax.set_yticks([])
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp)
     return path
 
 

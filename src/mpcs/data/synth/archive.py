@@ -25,9 +25,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpcs.data.download import REGISTRY
-from mpcs.data.synth import SynthConfig, write_breakhis
-from mpcs.data.synth_transfer import write_bach, write_bcc
+from mpcs.data.datasets import DOWNLOADS
+from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
+from mpcs.data.synth.transfer import write_bach, write_bcc
 
 __all__ = ["SynthSizes", "pack_tar_gz", "pack_zip", "synthetic_archive"]
 
@@ -115,7 +115,7 @@ def synthetic_archive(name: str, out_dir: str | os.PathLike[str], sizes: SynthSi
     Returns the archive and the counts the registry's census finds in the set (the
     expectations a verification of this archive must meet).
     """
-    source = REGISTRY[name]
+    source = DOWNLOADS[name]
     out = Path(out_dir) / source.archive
     with tempfile.TemporaryDirectory(prefix=f"mpcs-synth-{name}-") as tmp:
         root, arcname = _write(name, Path(tmp), sizes)

@@ -1,4 +1,5 @@
-"""BreakHis v1: file-name parsing, folder discovery, validated scanning and summaries.
+"""BreakHis v1: folder discovery, validated scanning and samples (file names:
+:mod:`~mpcs.data.datasets.breakhis_names`; summaries: :mod:`~mpcs.data.datasets.breakhis_summary`).
 
 The official archive unpacks as::
 
@@ -24,67 +25,32 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from mpcs.core.errors import DataError
+from mpcs.core.vocab import CLASSES, MAGNIFICATIONS
+from mpcs.data.datasets.breakhis_names import (
+    MAG_ORDER,
+    SUBTYPES,
+    BreakHisName,
+    parse_filename,
+)
 from mpcs.data.images import check_image, is_image_file, is_stray_file
-from mpcs.errors import DataError
 
-__all__ = [
-    "CLASSES",
-    "COLUMNS",
-    "KNOWN_MULTI_SUBTYPE_PATIENTS",
-    "MAGNIFICATIONS",
-    "SUBTYPES",
-    "SUBTYPE_LABEL",
-    "BreakHisName",
-    "complete_samples",
-    "find_breakhis_root",
-    "format_summary",
-    "magnification_samples",
-    "parse_filename",
-    "scan_breakhis",
-    "summarize",
-]
+__all__ = ["COLUMNS", "KNOWN_MULTI_SUBTYPE_PATIENTS", "complete_samples", "find_breakhis_root",
+           "magnification_samples", "scan_breakhis"]
 
 logger = logging.getLogger(__name__)
-
-MAGNIFICATIONS: tuple[str, ...] = ("40X", "100X", "200X", "400X")
-CLASSES: tuple[str, ...] = ("benign", "malignant")
-
-#: Tumour-type code -> folder name in the official archive.
-SUBTYPES: dict[str, str] = {
-    "A": "adenosis",
-    "F": "fibroadenoma",
-    "PT": "phyllodes_tumor",
-    "TA": "tubular_adenoma",
-    "DC": "ductal_carcinoma",
-    "LC": "lobular_carcinoma",
-    "MC": "mucinous_carcinoma",
-    "PC": "papillary_carcinoma",
-}
-
-#: Tumour-type code -> class.
-SUBTYPE_LABEL: dict[str, str] = {
-    "A": "benign",
-    "F": "benign",
-    "PT": "benign",
-    "TA": "benign",
-    "DC": "malignant",
-    "LC": "malignant",
-    "MC": "malignant",
-    "PC": "malignant",
-}
 
 #: Patients that the official archive itself files under more than one tumour type.
 KNOWN_MULTI_SUBTYPE_PATIENTS: dict[str, frozenset[str]] = {
     "14-13412": frozenset({"DC", "LC"}),
 }
+
 
 #: Columns of the manifest returned by :func:`scan_breakhis`, in order.
 COLUMNS: tuple[str, ...] = (
@@ -99,123 +65,20 @@ COLUMNS: tuple[str, ...] = (
     "height",
 )
 
-_CLASS_LETTER = {"benign": "B", "malignant": "M"}
-_LETTER_CLASS = {letter: label for label, letter in _CLASS_LETTER.items()}
-_MAG_ORDER = {mag: index for index, mag in enumerate(MAGNIFICATIONS)}
+
 _PROCEDURE_FOLDER = "SOB"
+
+
 _ARCHIVE_FOLDER = "BreaKHis_v1"
+
+
 _EXPECTED_LAYOUT = (
     "BreaKHis_v1/histology_slides/breast/{benign,malignant}/SOB/<tumour type>/"
     "SOB_<B|M>_<type>_<year>-<slide>/<mag>X/SOB_<B|M>_<type>-<year>-<slide>-<mag>-<seq>.png"
 )
-_NAME_PATTERN = re.compile(
-    r"SOB_(?P<letter>[^_]*)_(?P<code>[^-]*)-(?P<year>[^-]*)-(?P<slide>[^-]*)"
-    r"-(?P<mag>[^-]*)-(?P<seq>[^.]*)(?P<ext>\.[^.]*)"
-)
-_YEAR = re.compile(r"[0-9]{2}")
-_SLIDE = re.compile(r"[0-9A-Za-z]+")
-_SEQUENCE = re.compile(r"[0-9]+")
 
 
-# --------------------------------------------------------------------------- file names
-
-
-@dataclass(frozen=True)
-class BreakHisName:
-    """The fields encoded in a BreakHis image file name."""
-
-    label: str
-    """``"benign"`` or ``"malignant"``."""
-    subtype: str
-    """Tumour-type code, a key of :data:`SUBTYPES` (``"A"``, ``"DC"``, ...)."""
-    year: str
-    """Two-digit year, e.g. ``"14"``."""
-    slide: str
-    """Slide id, digits possibly followed by letters, e.g. ``"22549AB"``."""
-    patient_id: str
-    """``"<year>-<slide>"``, e.g. ``"14-22549AB"``."""
-    magnification: str
-    """One of :data:`MAGNIFICATIONS`, e.g. ``"100X"``."""
-    sequence: int
-    """Image sequence number within the patient and magnification."""
-
-    @property
-    def class_letter(self) -> str:
-        """``"B"`` for benign, ``"M"`` for malignant."""
-        return _CLASS_LETTER[self.label]
-
-    @property
-    def patient_folder(self) -> str:
-        """Name of the slide folder holding this image, e.g. ``"SOB_B_A_14-22549AB"``."""
-        return f"SOB_{self.class_letter}_{self.subtype}_{self.patient_id}"
-
-    def filename(self, extension: str = ".png") -> str:
-        """The canonical file name, e.g. ``"SOB_B_A-14-22549AB-100-001.png"``."""
-        mag = self.magnification.removesuffix("X")
-        return (
-            f"SOB_{self.class_letter}_{self.subtype}-{self.patient_id}"
-            f"-{mag}-{self.sequence:03d}{extension}"
-        )
-
-
-def parse_filename(name: str) -> BreakHisName:
-    """Parse a BreakHis image file name such as ``"SOB_B_A-14-22549AB-100-001.png"``.
-
-    A leading folder path is ignored. The extension may be any of the image extensions
-    (case-insensitive); the class letter must agree with the tumour type.
-
-    Raises:
-        ValueError: with the reason, if the name does not follow the BreakHis pattern.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"expected a file name string, got {type(name).__name__}")
-    base = re.split(r"[\\/]", name)[-1]
-    match = _NAME_PATTERN.fullmatch(base)
-    if match is None:
-        raise ValueError(
-            f"{base!r} is not a BreakHis image name "
-            "(expected SOB_<B|M>_<type>-<year>-<slide>-<mag>-<seq>.png, "
-            "e.g. SOB_B_A-14-22549AB-100-001.png)"
-        )
-    return _name_from_parts(base, match.groupdict())
-
-
-def _name_from_parts(base: str, parts: dict[str, str]) -> BreakHisName:
-    """Validate the regex groups of a file name and build the :class:`BreakHisName`."""
-    letter, code, mag = parts["letter"], parts["code"], parts["mag"]
-    if letter not in _LETTER_CLASS:
-        raise ValueError(f"{base!r}: class letter {letter!r} is not B or M")
-    if code not in SUBTYPES:
-        known = ", ".join(SUBTYPES)
-        raise ValueError(f"{base!r}: unknown tumour type {code!r} (expected one of {known})")
-    label = _LETTER_CLASS[letter]
-    if SUBTYPE_LABEL[code] != label:
-        raise ValueError(
-            f"{base!r}: class letter {letter} ({label}) disagrees with tumour type {code} "
-            f"({SUBTYPE_LABEL[code]})"
-        )
-    if not _YEAR.fullmatch(parts["year"]):
-        raise ValueError(f"{base!r}: year {parts['year']!r} is not two digits")
-    if not _SLIDE.fullmatch(parts["slide"]):
-        raise ValueError(f"{base!r}: slide id {parts['slide']!r} is not letters and digits")
-    if f"{mag}X" not in _MAG_ORDER:
-        raise ValueError(f"{base!r}: magnification {mag!r} is not one of 40, 100, 200, 400")
-    if not _SEQUENCE.fullmatch(parts["seq"]):
-        raise ValueError(f"{base!r}: sequence number {parts['seq']!r} is not digits")
-    if not is_image_file(base):
-        raise ValueError(f"{base!r}: extension {parts['ext']!r} is not an image extension")
-    return BreakHisName(
-        label=label,
-        subtype=code,
-        year=parts["year"],
-        slide=parts["slide"],
-        patient_id=f"{parts['year']}-{parts['slide']}",
-        magnification=f"{mag}X",
-        sequence=int(parts["seq"]),
-    )
-
-
-# --------------------------------------------------------------------------- finding the root
+# --------------------------------------------------------------------------- discovery
 
 
 def _is_breast_folder(path: Path) -> bool:
@@ -394,7 +257,7 @@ def _to_frame(rows: list[dict[str, Any]], check_images: bool) -> pd.DataFrame:
     size_dtype = "int64" if check_images else "Int64"
     frame["width"] = frame["width"].astype(size_dtype)
     frame["height"] = frame["height"].astype(size_dtype)
-    order = frame["magnification"].map(_MAG_ORDER)
+    order = frame["magnification"].map(MAG_ORDER)
     frame = frame.assign(_mag_order=order).sort_values(
         ["patient_id", "_mag_order", "sequence", "subtype", "path"], kind="mergesort"
     )
@@ -544,93 +407,3 @@ def magnification_samples(df: pd.DataFrame) -> pd.DataFrame:
     table = info[["patient_id", "label", "subtype"]].join(paths)
     table = table.sort_index().reset_index().rename(columns={"index": "sample_key"})
     return table[columns].reset_index(drop=True)
-
-
-# --------------------------------------------------------------------------- summaries
-
-
-def _counts(series: pd.Series, keys: tuple[str, ...] | list[str]) -> dict[str, int]:
-    """Value counts of ``series`` for every key in ``keys`` (zero when absent)."""
-    counts = series.value_counts()
-    return {key: int(counts.get(key, 0)) for key in keys}
-
-
-def summarize(df: pd.DataFrame) -> dict[str, Any]:
-    """Summarise a manifest from :func:`scan_breakhis` as a plain dictionary.
-
-    Keys: ``root``, ``images``, ``images_per_class``, ``images_per_subtype``,
-    ``images_per_magnification``, ``class_by_magnification`` (``{class: {mag: n}}``),
-    ``patients``, ``patients_per_class``, ``patients_per_subtype``, ``complete_samples``
-    (sample keys present at all four magnifications), ``incomplete_samples`` (the other
-    sample keys), ``skipped`` (number of skipped files).
-    """
-    complete = complete_samples(df)
-    sample_keys = int(df["sample_key"].nunique()) if not df.empty else 0
-    patients = df.drop_duplicates(["patient_id", "label", "subtype"])
-    return {
-        "root": df.attrs.get("root"),
-        "images": len(df),
-        "images_per_class": _counts(df["label"], CLASSES),
-        "images_per_subtype": _counts(df["subtype"], list(SUBTYPES)),
-        "images_per_magnification": _counts(df["magnification"], MAGNIFICATIONS),
-        "class_by_magnification": {
-            label: _counts(df.loc[df["label"] == label, "magnification"], MAGNIFICATIONS)
-            for label in CLASSES
-        },
-        "patients": int(df["patient_id"].nunique()),
-        "patients_per_class": {
-            label: int(df.loc[df["label"] == label, "patient_id"].nunique()) for label in CLASSES
-        },
-        "patients_per_subtype": _counts(patients["subtype"], list(SUBTYPES)),
-        "complete_samples": len(complete),
-        "incomplete_samples": sample_keys - len(complete),
-        "skipped": len(df.attrs.get("skipped", [])),
-    }
-
-
-def _table(header: list[str], rows: list[list[str]], left: int = 1) -> list[str]:
-    """Format rows as aligned columns; the first ``left`` columns are left-aligned."""
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        parts = [
-            cell.ljust(width) if i < left else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "  " + "  ".join(parts).rstrip()
-
-    return [line(header), *(line(row) for row in rows)]
-
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """Render :func:`summarize` output as the text printed by ``mpcs inspect``."""
-    root = summary.get("root") or "<unknown folder>"
-    lines = [f"BreakHis at {root}: {summary['images']} images, {summary['patients']} patients"]
-    per_class = summary["patients_per_class"]
-    lines.append("Patients: " + ", ".join(f"{label} {per_class[label]}" for label in CLASSES))
-    lines.append(
-        f"Complete 4-magnification samples: {summary['complete_samples']} "
-        f"(incomplete samples: {summary['incomplete_samples']})"
-    )
-    if summary.get("skipped"):
-        lines.append(f"Skipped unusable files: {summary['skipped']}")
-    lines += ["", "Images by class and magnification:"]
-    by_mag = summary["class_by_magnification"]
-    header = ["", *MAGNIFICATIONS, "total"]
-    rows = [
-        [label, *(str(by_mag[label][m]) for m in MAGNIFICATIONS),
-         str(summary["images_per_class"][label])]
-        for label in CLASSES
-    ]
-    per_mag = summary["images_per_magnification"]
-    rows.append(["total", *(str(per_mag[m]) for m in MAGNIFICATIONS), str(summary["images"])])
-    lines += _table(header, rows)
-    lines += ["", "Images by tumour type:"]
-    header = ["code", "tumour type", "class", "patients", "images"]
-    rows = [
-        [code, folder, SUBTYPE_LABEL[code], str(summary["patients_per_subtype"][code]),
-         str(summary["images_per_subtype"][code])]
-        for code, folder in SUBTYPES.items()
-    ]
-    lines += _table(header, rows, left=3)
-    return "\n".join(lines)

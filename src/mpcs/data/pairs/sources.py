@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mpcs.data.breakhis_pairs import PairData
-from mpcs.data.pairs import (
+from mpcs.core.errors import DataError
+from mpcs.data.pairs.breakhis import PairData
+from mpcs.data.pairs.samplers import (
     MAGNIFICATION_SCALES,
     RowSampler,
     SameImagePair,
@@ -41,11 +42,14 @@ from mpcs.data.pairs import (
     relative_scale,
     scales_of,
 )
+from mpcs.data.pairs.wsi import WSIOptions, WSIPairData, list_slides
+from mpcs.data.pairs.zoom import ZoomPairData, default_base_size, list_images
 from mpcs.data.transforms import to_float
-from mpcs.data.zoom import ZoomPairData, default_base_size, list_images
-from mpcs.errors import DataError
 
 log = logging.getLogger(__name__)
+
+#: The pair sources ``data.source`` names (one, or a list of them mixed in one run).
+SOURCE_NAMES: tuple[str, ...] = ("breakhis", "zoom", "wsi")
 
 
 def max_scale(cfg: Mapping[str, Any]) -> float:
@@ -119,8 +123,6 @@ def load_scale_source(cfg: Mapping[str, Any], data_dir: str | Path, progress: bo
         return ZoomPairData(images, d["input_size"], base, progress=progress,
                             on_bad_image=d["on_bad_image"])
     if source == "wsi":
-        from mpcs.data.wsi import WSIOptions, WSIPairData, list_slides  # OpenSlide: optional
-
         slides = list_slides(data_dir)
         return WSIPairData(slides, d["input_size"], WSIOptions(**cfg["wsi"]),
                            max_scale=max_scale(cfg), seed=int(cfg["seed"]),

@@ -39,9 +39,9 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
+from mpcs.core.vocab import CONTINUOUS, STRATEGY_ALIASES
 
-MAGNIFICATIONS = ("40X", "100X", "200X", "400X")
 # The ordered-pair lookup table (the authors' code repeated 200->400 in its last branch).
 ORDERED_NEXT = {0: 1, 1: 2, 2: 3, 3: 2}
 #: Relative magnification of each of :data:`MAGNIFICATIONS` (40X = 1).
@@ -196,12 +196,13 @@ def relative_scale(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.asarray(second, dtype=np.float64) / np.asarray(first, dtype=np.float64)
 
 
-_SAMPLERS: dict[str, type[PairSampler]] = {
-    "fixed": FixedPair, "fp": FixedPair,
-    "ordered": OrderedPair, "op": OrderedPair,
-    "random": RandomPair, "rp": RandomPair,
-    "continuous": ContinuousPair,
-}
+#: The pair strategies by name (:data:`mpcs.core.vocab.STRATEGIES`, their short names, and
+#: ``continuous``).
+_BY_STRATEGY: dict[str, type[PairSampler]] = {"fixed": FixedPair, "ordered": OrderedPair,
+                                              "random": RandomPair}
+SAMPLERS: dict[str, type[PairSampler]] = {
+    **_BY_STRATEGY, **{alias: _BY_STRATEGY[name] for alias, name in STRATEGY_ALIASES.items()},
+    CONTINUOUS: ContinuousPair}
 
 
 def create_pair_sampler(name: str, scale_range: tuple[float, float] = (1.0, 10.0),
@@ -212,7 +213,7 @@ def create_pair_sampler(name: str, scale_range: tuple[float, float] = (1.0, 10.0
     if key == "continuous":
         return ContinuousPair(scale_range, min_ratio)
     try:
-        return _SAMPLERS[key]()
+        return SAMPLERS[key]()
     except KeyError:
         raise ConfigError(
             f"unknown pair strategy {name!r}; choose one of fixed, ordered, random "

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,29 +30,18 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.ops import roi_align
 from tqdm import tqdm
 
-from mpcs.data.breakhis import MAGNIFICATIONS, scan_breakhis
+from mpcs.core.errors import ConfigError, DataError
+from mpcs.core.vocab import MAGNIFICATIONS
+from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.data.images import is_image_file, is_stray_file, load_rgb
-from mpcs.errors import ConfigError, DataError
+from mpcs.data.transforms.geometry import crop_resize
 
 log = logging.getLogger(__name__)
 
 #: Largest base side decoded by default (memory: 3 * B^2 bytes per image).
 MAX_BASE_SIZE = 1024
-
-
-def crop_resize(x: Tensor, boxes: Tensor, size: int) -> Tensor:
-    """Crop box ``i`` (x0, y0, x1, y1 in pixels, float) of image ``i`` and resize it to
-    ``size x size``: float ``[N, C, H, W]`` and ``[N, 4]`` -> float ``[N, C, size, size]``."""
-    if boxes.shape != (x.shape[0], 4):
-        raise ValueError(f"need one box [x0, y0, x1, y1] per image: {x.shape[0]} images, "
-                         f"boxes of shape {tuple(boxes.shape)}")
-    rois = torch.cat([torch.arange(len(x), dtype=x.dtype, device=x.device)[:, None],
-                      boxes.to(x.device, x.dtype)], dim=1)
-    return roi_align(x, rois, output_size=(size, size), spatial_scale=1.0, sampling_ratio=-1,
-                     aligned=True)
 
 
 def centred_boxes(cx: np.ndarray, cy: np.ndarray, scale: np.ndarray, base: int) -> Tensor:
@@ -229,10 +217,3 @@ class ZoomPairData:
 def default_base_size(input_size: int, max_scale: float) -> int:
     """``input_size * max_scale`` (no up-sampling), at most :data:`MAX_BASE_SIZE`."""
     return int(min(MAX_BASE_SIZE, max(input_size, round(input_size * max_scale))))
-
-
-def zoom_images(paths: Sequence[str], patients: Sequence[str]) -> pd.DataFrame:
-    """A :func:`list_images`-style table from explicit paths and patient ids."""
-    if len(paths) != len(patients):
-        raise ValueError("one patient id per path")
-    return pd.DataFrame({"path": list(map(str, paths)), "patient_id": list(map(str, patients))})

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from mpcs.core.errors import DataError
+from mpcs.data.download.source import Census, DatasetSource, checked_images
 from mpcs.data.images import is_stray_file
 from mpcs.data.patches import image_manifest
-from mpcs.errors import DataError
 
 #: The four classes, in the logit order of a BACH classifier.
 BACH_CLASSES: tuple[str, ...] = ("Normal", "Benign", "InSitu", "Invasive")
@@ -93,3 +94,39 @@ def scan_bach(root: str | os.PathLike[str]) -> pd.DataFrame:
     frame = image_manifest(paths, labels, photos)
     frame.attrs["dataset"] = "bach"
     return frame
+
+
+# --------------------------------------------------------------------------- download
+
+
+def count_bach(root: Path) -> Census:
+    """Microscopy photos in total and per class (``Photos/<class>/*.tif``)."""
+    frame = scan_bach(find_photos(root))
+    counts = {"images": len(frame)}
+    counts.update({c: int((frame["label"] == c).sum()) for c in BACH_CLASSES})
+    return Census(counts, checked_images(frame["path"].astype(str).tolist()))
+
+
+def _holds_bach_photos(folder: Path) -> bool:
+    photos = folder / "Photos"
+    return photos.is_dir() and any((photos / c).is_dir() for c in BACH_CLASSES)
+
+
+BACH_SOURCE = DatasetSource(
+    name="bach",
+    title="BACH: ICIAR 2018 Grand Challenge on BreAst Cancer Histology images "
+          "(microscopy part), Zenodo record 3632035",
+    url="https://zenodo.org/records/3632035/files/ICIAR2018_BACH_Challenge.zip",
+    page="https://doi.org/10.5281/zenodo.3632035 (challenge: "
+         "https://iciar2018-challenge.grand-challenge.org/Dataset/)",
+    archive="ICIAR2018_BACH_Challenge.zip",
+    sha256=None,
+    expected={"images": 400, **dict.fromkeys(BACH_CLASSES, 100)},
+    citation="G. Aresta et al. BACH: Grand Challenge on Breast Cancer Histology Images. "
+             "Medical Image Analysis 56:122-139, 2019",
+    terms="the licence stated on the Zenodo record (CC BY-NC-ND 4.0: non-commercial, no "
+          "derivatives); check it there before use",
+    target="ICIAR2018_BACH_Challenge",
+    is_root=_holds_bach_photos,
+    count=count_bach,
+)

@@ -24,10 +24,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from mpcs.data.bach import BACH_CLASSES, BACH_IMAGE_SIZE, GROUND_TRUTH
-from mpcs.data.bcc import BCC_CLASSES, BCC_IMAGE_SIZE
-from mpcs.data.synth import _region_params, _stain_vectors, build_tissue, check_image_size, render
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
+from mpcs.data.datasets.bach import BACH_CLASSES, BACH_IMAGE_SIZE, GROUND_TRUTH
+from mpcs.data.datasets.bcc import BCC_CLASSES, BCC_IMAGE_SIZE
+from mpcs.data.synth.breakhis import (
+    _region_params,
+    _stain_vectors,
+    build_tissue,
+    check_image_size,
+    render,
+)
 
 log = logging.getLogger(__name__)
 

@@ -25,18 +25,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mpcs.data.breakhis import magnification_samples, scan_breakhis
+from mpcs.core.errors import DataError
+from mpcs.core.vocab import MAGNIFICATIONS
 from mpcs.data.cache import load_images_with_report, quiet_pil_warnings, with_skip_hint
-from mpcs.data.pairs import (
+from mpcs.data.datasets.breakhis import magnification_samples, scan_breakhis
+from mpcs.data.pairs.samplers import (
     MAGNIFICATION_SCALES,
-    MAGNIFICATIONS,
     PairSampler,
     PresentMagnifications,
     RowSampler,
     SameImagePair,
     create_pair_sampler,
 )
-from mpcs.errors import DataError
 
 log = logging.getLogger(__name__)
 

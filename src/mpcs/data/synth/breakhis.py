@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mpcs.errors import ConfigError
+from mpcs.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

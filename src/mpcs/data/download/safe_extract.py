@@ -29,8 +29,7 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from mpcs.engine.runinfo import output_error
-from mpcs.errors import DataError, DownloadError
+from mpcs.core.errors import DataError, DownloadError, output_error
 
 __all__ = ["archive_kind", "check_member_name", "extract_archive"]
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from mpcs.core.errors import DataError
+from mpcs.data.download.source import Census, DatasetSource, checked_images
 from mpcs.data.images import is_stray_file
 from mpcs.data.patches import image_manifest
-from mpcs.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -70,3 +71,37 @@ def scan_bcc(root: str | os.PathLike[str]) -> pd.DataFrame:
     frame = image_manifest(paths, labels, root)
     frame.attrs["dataset"] = "bcc"
     return frame
+
+
+# --------------------------------------------------------------------------- download
+
+
+def count_bcc(root: Path) -> Census:
+    """BCC images (``ytma*_<class>*_ccd.tif``) in total and per class."""
+    frame = scan_bcc(root)
+    counts = {"images": len(frame)}
+    counts.update({c: int((frame["label"] == c).sum()) for c in BCC_CLASSES})
+    return Census(counts, checked_images(frame["path"].astype(str).tolist()))
+
+
+def _holds_bcc_images(folder: Path) -> bool:
+    return any(NAME_PATTERN.match(p.name) for p in folder.iterdir() if p.is_file())
+
+
+BCC_SOURCE = DatasetSource(
+    name="bcc",
+    title="UCSB Bio-Segmentation Benchmark: breast cancer cell images (58 H&E TIFFs, "
+          "32 benign, 26 malignant)",
+    url=None,
+    page="http://bioimage.ucsb.edu/research/bio-segmentation",
+    archive="BreastCancerCell_dataset.zip",
+    sha256=None,
+    expected={"images": 58, "benign": 32, "malignant": 26},
+    citation="E. Drelie Gelasca, J. Byun, B. Obara, B. S. Manjunath. Evaluation and "
+             "benchmark for biological image segmentation. IEEE ICIP 2008, pp. 1816-1819",
+    terms="the UCSB Center for Bio-Image Informatics asks users to cite its ICIP 2008 "
+          "paper; see its page",
+    target="bcc",
+    is_root=_holds_bcc_images,
+    count=count_bcc,
+)

@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from mpcs.errors import DataError, MpcsError
+from mpcs.core.errors import DataError, MpcsError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""``mpcs download``: fetch, check, unpack and verify the data sets."""
