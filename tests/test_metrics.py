@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from mpcs.evaluation.linear_probe import fit_linear_probe
-from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
+from mpcs.metrics import image_level_accuracy, patient_level_accuracy
 
 
 def test_ila_and_pla_differ_when_patients_have_different_image_counts() -> None:

@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from mpcs.evaluation.metrics import (
+from mpcs.evaluation.stats import format_mean_std, paired_test, summarize_folds
+from mpcs.metrics import (
     classification_metrics,
     image_level_accuracy,
     patient_level_accuracy,
 )
-from mpcs.evaluation.stats import format_mean_std, paired_test, summarize_folds
 
 # --------------------------------------------------------------------------- classification
 

@@ -29,9 +29,9 @@ from mpcs.core.vocab import MAGNIFICATIONS
 from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
 from mpcs.evaluation.experiment import run_experiment
 from mpcs.evaluation.linear_probe import fit_linear_probe
-from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
 from mpcs.evaluation.report import collect_results, write_report
 from mpcs.evaluation.stats import format_mean_std
+from mpcs.metrics import image_level_accuracy, patient_level_accuracy
 
 # 40 patients (20 benign, 20 malignant) with 4 to 12 samples each (4 images per sample).
 DEMO_DATA = SynthConfig(patients=40, samples_per_patient=8, sample_spread=0.5)

@@ -90,9 +90,9 @@ from mpcs.engine.runinfo import (
     open_run_folder,
     write_run_info,
 )
-from mpcs.evaluation.linear_probe import extract_features
-from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
+from mpcs.metrics import image_level_accuracy, patient_level_accuracy
 from mpcs.models import Encoder, create_encoder
+from mpcs.models.features import extract_features
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mpcs.core.errors import ConfigError, DataError
-from mpcs.evaluation.linear_probe import extract_features
-from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
+from mpcs.metrics import image_level_accuracy, patient_level_accuracy
 from mpcs.models.encoders import Encoder
+from mpcs.models.features import extract_features
 
 
 def knn_predict(bank: Tensor, bank_labels: Tensor, queries: Tensor, k: int = 20,

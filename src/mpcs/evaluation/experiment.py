@@ -49,7 +49,7 @@ from mpcs.data.splits import Splits, check_splits, make_splits
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
 from mpcs.engine.pretrain import pretrain
 from mpcs.engine.runinfo import LOCK_FILE, check_resumable, lock_folder, write_run_info
-from mpcs.evaluation.metrics import classification_metrics
+from mpcs.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
 

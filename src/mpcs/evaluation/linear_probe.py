@@ -10,36 +10,12 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from mpcs.data.transforms import eval_transform
-from mpcs.models.encoders import Encoder
-
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def extract_features(encoder: Encoder, pixels: np.ndarray, input_size: int,
-                     batch_size: int = 256, device: str | torch.device = "cpu",
-                     channels_last: bool = True) -> np.ndarray:
-    """Pooled features of uint8 images ``[N, 3, H, W]`` -> float32 ``[N, num_features]``."""
-    was_training = encoder.training
-    encoder.eval().to(device)
-    out = []
-    try:
-        for i in range(0, len(pixels), batch_size):
-            x = torch.from_numpy(np.array(pixels[i:i + batch_size])).to(device)
-            x = eval_transform(x, input_size, tuple(encoder.mean), tuple(encoder.std))
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            out.append(encoder(x).float().cpu().numpy())
-    finally:
-        encoder.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, encoder.num_features), np.float32)
 
 
 def fit_linear_probe(features: np.ndarray, labels: Sequence, groups: Sequence,

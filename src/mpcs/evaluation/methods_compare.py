@@ -78,7 +78,7 @@ def compare_methods(out: str | Path, methods: Sequence[str] = tuple(METHOD_PRESE
     held-out patients; returns the per-magnification results (also written to ``out``)."""
     from mpcs.demo import DEMO_DATA, probe_table, split_patients
     from mpcs.engine.pretrain import build_model, load_pretrained, pretrain
-    from mpcs.evaluation.linear_probe import extract_features
+    from mpcs.models.features import extract_features
 
     unknown = [m for m in methods if m not in METHOD_PRESETS]
     if unknown:

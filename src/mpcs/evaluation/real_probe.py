@@ -56,10 +56,11 @@ from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.engine.finetune import finetune
 from mpcs.engine.pretrain import load_pretrained, pretrain
 from mpcs.engine.runinfo import write_run_info
-from mpcs.evaluation.linear_probe import extract_features, fit_fixed_probe
-from mpcs.evaluation.metrics import image_level_accuracy, patient_level_accuracy
+from mpcs.evaluation.linear_probe import fit_fixed_probe
 from mpcs.evaluation.stats import corrected_paired_test, format_mean_std, paired_test
+from mpcs.metrics import image_level_accuracy, patient_level_accuracy
 from mpcs.models import create_encoder
+from mpcs.models.features import extract_features
 
 log = logging.getLogger(__name__)
 

@@ -30,9 +30,9 @@ from mpcs.core.tables import csv_text, read_csv
 from mpcs.core.vocab import MAGNIFICATIONS
 from mpcs.evaluation.figures import finish_report
 from mpcs.evaluation.html import escape_markdown
-from mpcs.evaluation.metrics import classification_metrics
 from mpcs.evaluation.paper import paper_row
 from mpcs.evaluation.stats import format_mean_std, paired_test
+from mpcs.metrics import classification_metrics
 
 MAGS = MAGNIFICATIONS
 KEYS = ["dataset", "mode", "method", "encoder", "fold", "magnification", "label_fraction"]
