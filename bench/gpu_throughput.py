@@ -3,8 +3,8 @@
 The step timed is the engine's (``mpcs.engine.pretrain``): the views of each rank's shard
 gathered from a uint8 pixel array in host memory (pinned, by a background thread two
 batches ahead, as ``mpcs.data.loader`` does), copied to the GPU, the batched
-uniform augmentation on the GPU (``augment_shard``), channels_last + autocast forward of the
-2N views, NT-Xent over the views of all ranks, backward (DDP all-reduce), optimiser and
+uniform augmentation on the GPU (the method's ``make_views``), channels_last + autocast forward
+of the 2N views, NT-Xent over the views of all ranks, backward (DDP all-reduce), optimiser and
 scheduler steps. Images = views (2 per pair); the rate is summed over the ranks. The bare
 model step (forward + backward + optimiser on a ready batch, trivial loss) is timed on
 rank 0 for reference.
@@ -42,15 +42,9 @@ def measure(args: argparse.Namespace) -> dict:
     from mpcs.data.transforms import AugmentConfig, UniformPairAugment
     from mpcs.engine.distributed import distributed_context
     from mpcs.engine.optim import build_optimizer, build_scheduler
-    from mpcs.engine.pretrain import (
-        StepPlan,
-        _optim_cfg,
-        _wrap_model,
-        augment_shard,
-        build_model,
-        train_step,
-    )
-    from mpcs.losses import NTXentLoss
+    from mpcs.engine.pair_data import StepPlan
+    from mpcs.engine.pretrain import build_model, optim_settings
+    from mpcs.engine.trainer import prepare_for_ranks, train_step
 
     overrides = [f"model.encoder={args.encoder}", "model.weights=none",
                  f"data.input_size={args.size}", f"train.batch_size={args.batch}",
@@ -69,11 +63,10 @@ def measure(args: argparse.Namespace) -> dict:
         aug = UniformPairAugment(AugmentConfig(**cfg["augment"]), args.size,
                                  mean=tuple(enc.mean), std=tuple(enc.std))
         sampler = create_pair_sampler("ordered")
-        loss_fn = NTXentLoss(cfg["loss"]["temperature"], gather_distributed=ctx.enabled)
-        optimizer = build_optimizer(model, _optim_cfg(cfg))
+        optimizer = build_optimizer(model, optim_settings(cfg))
         scheduler = build_scheduler(optimizer, total_steps=10_000, warmup_steps=10,
                                     schedule="cosine", final_lr_fraction=0.0)
-        trained = _wrap_model(model, cfg, ctx, device)
+        trained = prepare_for_ranks(model, cfg, ctx, device)
         params = [p for p in model.parameters() if p.requires_grad]
         gen = torch.Generator().manual_seed(0)
         pinned = device.type == "cuda"
@@ -91,11 +84,12 @@ def measure(args: argparse.Namespace) -> dict:
                     pin(torch.from_numpy(pixels[plan.index, plan.mag2]), pinned))
 
         def step(v1: torch.Tensor, v2: torch.Tensor) -> None:
-            x1, x2 = augment_shard(aug, v1.to(device, non_blocking=True),
-                                   v2.to(device, non_blocking=True), args.batch * world, gen,
-                                   ctx)
-            result = train_step(trained, x1, x2, loss_fn, optimizer, params, device,
-                                cfg["train"]["amp"], True, ctx)
+            x1, x2 = model.make_views(aug, v1.to(device, non_blocking=True),
+                                      v2.to(device, non_blocking=True), gen,
+                                      global_pairs=args.batch * world,
+                                      first=ctx.rank * args.batch)
+            result = train_step(trained, x1, x2, optimizer, params, device,
+                                cfg["train"]["amp"], ctx)
             if result.problem:
                 raise RuntimeError(result.problem)
             optimizer.step()
@@ -127,7 +121,7 @@ def measure(args: argparse.Namespace) -> dict:
             def bare_step() -> None:
                 optimizer.zero_grad(set_to_none=True)
                 with autocast_for(device, cfg["train"]["amp"]):
-                    _, z = model(x)
+                    z = model.head(model.encoder(x))
                 z.float().square().mean().backward()
                 optimizer.step()
 

@@ -1,6 +1,6 @@
 """P1: rate of the full MPCS pre-training step / rate of a bare model step on ready tensors.
 
-The full step is the body of the loop in ``mpcs.engine.pretrain`` (pair sampling from a
+The full step is the body of the loop in ``mpcs.engine.trainer`` (pair sampling from a
 decoded uint8 array [S, 4, 3, H, W], uniform batched augmentation of both views,
 channels_last forward of the 2N views, NT-Xent, finite checks, backward, optimiser step,
 scheduler step, ``loss.item()``). The bare step is forward + backward + optimiser step of the
@@ -24,7 +24,9 @@ from mpcs.config import resolve
 from mpcs.data.pairs.samplers import create_pair_sampler
 from mpcs.data.transforms import AugmentConfig, UniformPairAugment
 from mpcs.engine.optim import build_optimizer, build_scheduler
-from mpcs.engine.pretrain import _finite, _optim_cfg, build_model
+from mpcs.engine.pretrain import build_model
+from mpcs.engine.pretrain import optim_settings as _optim_cfg
+from mpcs.engine.trainer import all_finite as _finite
 from mpcs.losses import NTXentLoss
 
 TARGET = 0.90
@@ -62,7 +64,7 @@ def run_config(encoder: str, size: int, batch: int, iters: int, warmup: int,
         v2 = torch.from_numpy(pixels[idx, m2])
         x1, x2 = aug(v1, v2, gen)
         x = torch.cat([x1, x2]).contiguous(memory_format=torch.channels_last)
-        _, z = model(x)
+        z = model.head(model.encoder(x))
         loss = loss_fn(z[:batch].float(), z[batch:].float())
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
@@ -80,7 +82,7 @@ def run_config(encoder: str, size: int, batch: int, iters: int, warmup: int,
         aug(torch.from_numpy(pixels[idx, m1]), torch.from_numpy(pixels[idx, m2]), gen)
 
     def bare_step() -> None:  # same model and optimiser, ready input, trivial loss
-        _, z = model(x_ready)
+        z = model.head(model.encoder(x_ready))
         loss = z.float().square().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

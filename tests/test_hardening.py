@@ -23,6 +23,8 @@ from PIL import Image
 
 import mpcs.data.cache as cache_mod
 import mpcs.engine.pretrain as pretrain_mod
+from mpcs.api.embed import embed
+from mpcs.api.predict import predict
 from mpcs.config import resolve
 from mpcs.core.errors import CheckpointError, DataError
 from mpcs.core.tables import csv_text, neutralise, read_csv, restore, safe_frame, safe_rows
@@ -31,10 +33,9 @@ from mpcs.engine.pretrain import pretrain
 from mpcs.evaluation.figures import Figure, figures_markdown
 from mpcs.evaluation.html import escape_markdown, markdown_to_html
 from mpcs.evaluation.report import write_report
-from mpcs.inference import embed, predict
 from mpcs.models import create_encoder
+from tests.api.test_inference import make_finetune_ckpt
 from tests.conftest import TINY_OVERRIDES
-from tests.test_inference import make_finetune_ckpt
 
 torch.set_num_threads(1)
 

@@ -26,11 +26,16 @@ import pytest
 import torch
 from PIL import Image
 
+import mpcs.api.predict as inference_mod
 import mpcs.core.checkpoint as checkpoint_mod
+import mpcs.engine.downstream as downstream_mod
 import mpcs.engine.finetune as ft
+import mpcs.engine.linear as linear_mod
+import mpcs.engine.pair_data as pair_data_mod
 import mpcs.engine.pretrain as pretrain_mod
+import mpcs.engine.run_records as records_mod
+import mpcs.engine.trainer as trainer_mod
 import mpcs.evaluation.experiment as exp_mod
-import mpcs.inference as inference_mod
 from mpcs.cli import main
 from mpcs.config import resolve
 from mpcs.core.checkpoint import load_checkpoint, save_checkpoint
@@ -210,7 +215,7 @@ def test_pretrain_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint
     old = files(run)
 
     # Ctrl-C in the new run's first epoch, before its first checkpoint: the old run is kept.
-    monkeypatch.setattr(pretrain_mod, "train_step", ctrl_c)
+    monkeypatch.setattr(trainer_mod, "train_step", ctrl_c)
     capsys.readouterr()
     assert main(pretrain_args(tiny_breakhis, run, "--overwrite")) == 130
     [aside] = tmp_path.glob("run.replaced-*")
@@ -226,13 +231,13 @@ def test_pretrain_overwrite_keeps_the_old_run_until_the_new_one_has_a_checkpoint
     # Replacing a finished run: it stays beside the folder until the new run's first
     # checkpoint is written, and is deleted then.
     aside_at_save: list[list[str]] = []
-    real_save = pretrain_mod.save_checkpoint
+    real_save = records_mod.save_checkpoint
 
     def spy(state: dict, path: Path) -> None:
         aside_at_save.append(sorted(p.name for p in tmp_path.glob("run.replaced-*")))
         real_save(state, path)
 
-    monkeypatch.setattr(pretrain_mod, "save_checkpoint", spy)
+    monkeypatch.setattr(records_mod, "save_checkpoint", spy)
     assert main(pretrain_args(tiny_breakhis, run, "--overwrite", "--set", "train.epochs=2")) == 0
     assert len(aside_at_save[0]) == 2 and aside.name in aside_at_save[0]
     assert aside_at_save[-1] == [aside.name]
@@ -255,8 +260,8 @@ def test_downstream_refuses_a_finished_folder_and_overwrite_keeps_it_until_the_e
     assert files(out) == before
 
     # --overwrite interrupted before the new run finished: the old run is kept beside.
-    real_finish = ft._finish
-    monkeypatch.setattr(ft, "_finish", ctrl_c)
+    real_finish = downstream_mod._finish
+    monkeypatch.setattr(downstream_mod, "_finish", ctrl_c)
     assert main(downstream_args(command, grid, out, "--overwrite")) == 130
     [aside] = tmp_path.glob("ft.replaced-*")
     kept = {k: v for k, v in before.items() if k != ".lock" and not k.startswith("features_")}
@@ -269,7 +274,7 @@ def test_downstream_refuses_a_finished_folder_and_overwrite_keeps_it_until_the_e
         replaced_at_finish.append(len(list(tmp_path.glob("ft.replaced-*"))))
         return real_finish(*args, **kwargs)
 
-    monkeypatch.setattr(ft, "_finish", spy)
+    monkeypatch.setattr(downstream_mod, "_finish", spy)
     assert main(downstream_args(command, grid, out, "--overwrite")) == 0
     assert replaced_at_finish == [2]
     assert list(tmp_path.glob("ft.replaced-*")) == [aside]
@@ -287,10 +292,10 @@ def test_finetune_linear_eval_experiment_and_pretrain_take_the_same_lock(
     splits = Splits.load(splits_file, manifest)
     train, val, test = (splits.frame(manifest, 1, part) for part in ("train", "val", "test"))
     cfg = resolve(preset="finetune-cpu-small", kind="finetune", overrides=FT)
-    monkeypatch.setattr(ft, "_load_pixels", fail("fine-tuned in a folder in use"))
-    monkeypatch.setattr(ft, "_features", fail("linear-evaluated in a folder in use"))
+    monkeypatch.setattr(ft, "load_pixels", fail("fine-tuned in a folder in use"))
+    monkeypatch.setattr(linear_mod, "_features", fail("linear-evaluated in a folder in use"))
     monkeypatch.setattr(exp_mod, "scan_breakhis", fail("ran an experiment in a folder in use"))
-    monkeypatch.setattr(pretrain_mod, "PairData", fail("pre-trained in a folder in use"))
+    monkeypatch.setattr(pair_data_mod, "PairData", fail("pre-trained in a folder in use"))
     out = tmp_path / "busy"
     held = lock_folder(out)  # another mpcs process is writing the folder
     try:

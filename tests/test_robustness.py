@@ -34,7 +34,9 @@ import torch
 from PIL import Image
 
 import mpcs.core.checkpoint as checkpoint_mod
-import mpcs.engine.pretrain as pretrain_mod
+import mpcs.engine.pair_data as pair_data_mod
+import mpcs.engine.run_records as records_mod
+import mpcs.methods.mpcs as mpcs_method_mod
 from mpcs.cli import main
 from mpcs.config import resolve
 from mpcs.core.checkpoint import load_checkpoint
@@ -320,7 +322,7 @@ def poison_loss(monkeypatch: pytest.MonkeyPatch, calls: set[int], grads: bool = 
         def backward(ctx, g: torch.Tensor) -> torch.Tensor:  # noqa: ANN001
             return g * float("nan")
 
-    class Poisoned(pretrain_mod.NTXentLoss):
+    class Poisoned(mpcs_method_mod.NTXentLoss):
         def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
             count["n"] += 1
             loss = super().forward(z1, z2)
@@ -328,7 +330,7 @@ def poison_loss(monkeypatch: pytest.MonkeyPatch, calls: set[int], grads: bool = 
                 return NanGrad.apply(loss) if grads else loss * float("nan")
             return loss
 
-    monkeypatch.setattr(pretrain_mod, "NTXentLoss", Poisoned)
+    monkeypatch.setattr(mpcs_method_mod, "NTXentLoss", Poisoned)
 
 
 @pytest.mark.parametrize("at, grads, needle", [
@@ -358,7 +360,7 @@ def test_nonfinite_stop_keeps_the_last_good_checkpoint(
     assert all(tensors_finite(load_checkpoint(p)) for p in ckpts)
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
     # The way on that the message offers: --resume with train.on_nonfinite=skip is accepted.
-    monkeypatch.setattr(pretrain_mod, "NTXentLoss", NTXentLoss)
+    monkeypatch.setattr(mpcs_method_mod, "NTXentLoss", NTXentLoss)
     assert main(["pretrain", "--data", str(tiny_breakhis), "--out", str(run), "--quiet",
                  "--resume", *set_args("train.epochs=2", "train.checkpoint_every=1",
                                        "train.on_nonfinite=skip")]) == 0
@@ -455,13 +457,13 @@ def test_killed_mid_epoch_resumes_to_the_same_weights(medium_breakhis: Path,
 def test_same_seed_same_draws_and_losses(tiny_breakhis: Path, tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     draws: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    real_views = pretrain_mod.PairData.views
+    real_views = pair_data_mod.PairData.views
 
     def recording(self, index, mag1, mag2):  # noqa: ANN001, ANN202
         draws.append((index.copy(), mag1.copy(), mag2.copy()))
         return real_views(self, index, mag1, mag2)
 
-    monkeypatch.setattr(pretrain_mod.PairData, "views", recording)
+    monkeypatch.setattr(pair_data_mod.PairData, "views", recording)
 
     def run(name: str, seed: int) -> tuple[list, float]:
         draws.clear()
@@ -491,7 +493,7 @@ def test_unwritable_output_folder_fails_before_training(
     def no_decoding(*args: object, **kwargs: object) -> None:
         raise AssertionError("decoded images before checking the output folder")
 
-    monkeypatch.setattr(pretrain_mod, "PairData", no_decoding)
+    monkeypatch.setattr(pair_data_mod, "PairData", no_decoding)
     if where == "under_a_file":
         (tmp_path / "some_file.txt").write_text("x")
         out, needle = tmp_path / "some_file.txt" / "run", "is a file, not a folder"
@@ -513,14 +515,14 @@ def test_disk_full_at_epoch_2_keeps_last_good_checkpoint(
         return state.get("epoch") == 2
 
     if patch == "save_checkpoint":
-        real = pretrain_mod.save_checkpoint
+        real = records_mod.save_checkpoint
 
         def fake_save(state: dict, path: Path) -> None:
             if full(state):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             real(state, path)
 
-        monkeypatch.setattr(pretrain_mod, "save_checkpoint", fake_save)
+        monkeypatch.setattr(records_mod, "save_checkpoint", fake_save)
     else:  # the real atomic writer, running out of space half-way through the file
         real_torch_save = torch.save
 

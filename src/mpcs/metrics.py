@@ -27,6 +27,11 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
+#: The metrics of a binary BreakHis result row (:func:`classification_metrics`), in table order.
+BINARY_METRICS: tuple[str, ...] = ("ila", "pla", "precision", "recall", "f1", "roc_auc")
+#: The metrics of predicted label strings (:func:`classification_scores`): BACH, UCSB BCC.
+LABEL_METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1")
+
 
 def _check(y_true: Sequence, y_pred: Sequence) -> tuple[np.ndarray, np.ndarray]:
     t, p = np.asarray(y_true), np.asarray(y_pred)
@@ -106,3 +111,29 @@ def classification_metrics(y_true: Sequence, y_prob: Sequence | np.ndarray,
         "n_images": int(true.size),
         "n_patients": int(pd.unique(np.asarray(patients)).size),
     }
+
+
+def classification_scores(y_true: Sequence[str], y_pred: Sequence[str],
+                          classes: Sequence[str], positive: str | None) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 of label strings.
+
+    Binary tasks (``positive`` given) score the positive class; otherwise precision, recall
+    and F1 are macro averages over ``classes``. Undefined values count as 0.
+
+    Example:
+        >>> s = classification_scores(["b", "m", "m"], ["b", "m", "b"], ["b", "m"], "m")
+        >>> round(s["accuracy"], 3), s["precision"], s["recall"]
+        (0.667, 1.0, 0.5)
+    """
+    t, p = np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str)
+    if t.shape != p.shape or t.size == 0:
+        raise ValueError(f"y_true and y_pred must be non-empty and equal in length, got "
+                         f"{t.size} and {p.size}")
+    if positive is not None:
+        pr, rc, f1, _ = precision_recall_fscore_support(
+            t, p, labels=[positive], average="binary", pos_label=positive, zero_division=0.0)
+    else:
+        pr, rc, f1, _ = precision_recall_fscore_support(
+            t, p, labels=list(classes), average="macro", zero_division=0.0)
+    return {"accuracy": float((t == p).mean()), "precision": float(pr), "recall": float(rc),
+            "f1": float(f1)}

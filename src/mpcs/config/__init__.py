@@ -41,6 +41,7 @@ from mpcs.config.load import (
     check_kind,
     config_kind,
     dump,
+    get_dotted,
     load_preset,
     load_yaml,
     merge,
@@ -56,7 +57,7 @@ __all__ = ["EXPERIMENT_DEFAULTS", "FINETUNE_DEFAULTS", "KEEP_CHECKPOINTS", "KIND
            "PRETRAIN_DEFAULTS", "config_kind", "differences", "dump", "load_preset",
            "load_yaml", "merge", "parse_override", "preset_names", "resolve",
            "resume_conflicts", "validate_experiment", "validate_finetune", "validate_pretrain",
-           "with_defaults", "yaml_load"]
+           "with_defaults", "yaml_load", "get_dotted"]
 
 
 def validate_pretrain(cfg: Mapping[str, Any]) -> None:

@@ -126,6 +126,25 @@ def parse_override(text: str) -> dict[str, Any]:
     return node
 
 
+#: What :func:`get_dotted` returns for a missing key when no default is given.
+MISSING: Any = object()
+
+
+def get_dotted(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+    """``cfg["a"]["b"]`` for ``"a.b"``, or ``default`` where a part is missing.
+
+    Example:
+        >>> get_dotted({"optim": {"lr": 0.1}}, "optim.lr"), get_dotted({}, "optim.lr", 1)
+        (0.1, 1)
+    """
+    value: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            return default
+        value = value[part]
+    return value
+
+
 def dump(cfg: Mapping[str, Any]) -> str:
     """A configuration as the YAML text of a run's ``config.yaml``."""
     return yaml.safe_dump(dict(cfg), sort_keys=False)

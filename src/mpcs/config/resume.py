@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from mpcs.config.load import MISSING, get_dotted
+
 
 def differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two configurations."""
@@ -59,9 +61,4 @@ def resume_conflicts(saved: Mapping[str, Any], current: Mapping[str, Any],
 
 
 def _has_key(cfg: Mapping[str, Any], dotted: str) -> bool:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return False
-        node = node[part]
-    return True
+    return get_dotted(cfg, dotted, MISSING) is not MISSING

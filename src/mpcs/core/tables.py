@@ -20,7 +20,7 @@ prefixed like any other, and read back by :func:`read_csv` as the text ``"-1"``.
 written to a UTF-8 file. Each such byte is written as the four characters ``\\xNN`` (the
 name ``b"caf\\xe9.png"`` becomes ``caf\\xe9.png``) and one warning per file written says how
 many cells were changed. This cannot be undone from the CSV (a name may hold a real
-backslash); the DataFrames returned by ``mpcs.inference`` keep the exact names.
+backslash); the DataFrames returned by ``mpcs.api`` keep the exact names.
 
 Example:
     >>> neutralise("=1+1"), neutralise("-3"), neutralise(-3), neutralise("a.png")

@@ -1,6 +1,6 @@
 """Reading histopathology images safely: every failure is a :class:`DataError` naming the file.
 
-Two entry points:
+Two entry points for one file:
 
 * :func:`check_image` is the cheap check used while scanning a dataset. It opens the file,
   lets Pillow parse the header (format signature, size, mode) and, for PNG, checks that the
@@ -10,6 +10,9 @@ Two entry points:
   (or a truncated JPEG/TIFF) only surfaces when the image is decoded by :func:`load_rgb`.
 * :func:`load_rgb` fully decodes an image and always returns an 8-bit ``"RGB"`` image,
   whatever the stored mode (grayscale, alpha, palette, 16-bit, CMYK, ...).
+
+:func:`list_images` lists the image files of folders and explicit paths (stray files left
+out), the input of ``mpcs embed``, ``predict``, ``tsne`` and ``gradcam``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,7 @@ __all__ = [
     "check_image",
     "is_image_file",
     "is_stray_file",
+    "list_images",
     "load_rgb",
 ]
 
@@ -69,6 +74,56 @@ def is_stray_file(name: str) -> bool:
 def is_image_file(name: str) -> bool:
     """Return True if ``name`` has an image extension (case-insensitive)."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk(folder: Path) -> list[Path]:
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(Path(root) / f for f in sorted(files)
+                     if is_image_file(f) and not is_stray_file(f))
+    return found
+
+
+def list_images(paths_or_dir: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+                skip_bad: bool = False) -> list[Path]:
+    """The image files to process, in a stable order, each once.
+
+    A folder is searched recursively for image files (by extension; stray files such as
+    ``Thumbs.db``, notes or hidden files are ignored); explicit files are kept as given.
+    A path that does not exist raises :class:`DataError`, or with ``skip_bad`` is logged and
+    left out.
+
+    Raises:
+        DataError: a missing path, or no image found (the message says where it looked).
+    """
+    if isinstance(paths_or_dir, (str, os.PathLike)):
+        items = [Path(paths_or_dir)]
+    else:
+        items = [Path(p) for p in paths_or_dir]
+    found: list[Path] = []
+    for item in items:
+        if item.is_dir():
+            found.extend(_walk(item))
+        elif item.is_file():
+            found.append(item)
+        elif skip_bad:
+            logger.warning("%s: not found, left out", item)
+        else:
+            raise DataError(f"{item}: file or folder not found")
+    if not found:
+        where = ", ".join(str(p) for p in items[:5]) + (" ..." if len(items) > 5 else "")
+        raise DataError(f"no image files found in {where or '(no paths given)'} "
+                        f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, recursively in "
+                        "folders)")
+    seen: set[Path] = set()
+    unique = []
+    for p in found:
+        key = p.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(p)
+    return unique
 
 
 def _check_file(path: Path) -> None:

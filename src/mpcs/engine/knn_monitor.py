@@ -6,7 +6,9 @@ the held-out (validation) patients' images. Each query takes the weighted vote o
 nearest references by cosine similarity, weights ``exp(s / T)`` (Wu et al., CVPR 2018, as
 used by DINO and lightly's kNN monitor). Labels are read only here, never by the training
 step. Results go to ``metrics.jsonl`` (``knn_acc``: image level, ``knn_pla``: patient level)
-and :func:`plot_metrics` draws them with the loss.
+and :func:`mpcs.viz.curves.plot_metrics` (``mpcs plot-metrics``) draws them with the loss.
+Features come from :func:`mpcs.models.features.extract_features` (the decoded-image cache,
+channels-last, inference mode).
 
 Example:
     >>> pred = knn_predict(torch.eye(4), torch.tensor([0, 0, 1, 1]), torch.eye(4)[:1], k=1)
@@ -16,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mpcs.core.errors import ConfigError, DataError
+from mpcs.core.runtime import default_cache_dir
+from mpcs.data.cache import load_images
+from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.metrics import image_level_accuracy, patient_level_accuracy
 from mpcs.models.encoders import Encoder
 from mpcs.models.features import extract_features
@@ -62,7 +66,7 @@ class KnnMonitor:
 
     def __init__(self, reference: np.ndarray, reference_labels: Sequence[int], query: np.ndarray,
                  query_labels: Sequence[int], query_patients: Sequence[str], input_size: int,
-                 k: int = 20, temperature: float = 0.07, channels_last: bool = False) -> None:
+                 k: int = 20, temperature: float = 0.07, channels_last: bool = True) -> None:
         if len(reference) == 0 or len(query) == 0:
             raise DataError(f"kNN monitor: {len(reference)} reference and {len(query)} query "
                             f"images; both must be non-empty")
@@ -88,16 +92,13 @@ class KnnMonitor:
 def breakhis_monitor(data_dir: str | Path, train_patients: Sequence[str] | None,
                      val_patients: Sequence[str], input_size: int, cache_dir: str | Path | None,
                      magnification: str = "all", k: int = 20, temperature: float = 0.07,
-                     channels_last: bool = False, progress: bool = False) -> KnnMonitor:
+                     channels_last: bool = True, progress: bool = False) -> KnnMonitor:
     """A monitor on a BreakHis-layout folder: references from ``train_patients`` (all other
     patients when None), queries from ``val_patients``; labels benign 0 / malignant 1.
 
     Raises:
         ConfigError: a validation patient is also a pre-training patient, or is unknown.
     """
-    from mpcs.data.cache import load_images
-    from mpcs.data.datasets.breakhis import scan_breakhis
-
     manifest = scan_breakhis(data_dir)
     if magnification != "all":
         manifest = manifest[manifest["magnification"] == magnification]
@@ -119,48 +120,6 @@ def breakhis_monitor(data_dir: str | Path, train_patients: Sequence[str] | None,
     n = len(ref)
     return KnnMonitor(pixels[:n], y[:n], pixels[n:], y[n:], qry["patient_id"].to_numpy(),
                       input_size, k, temperature, channels_last)
-
-
-def read_metrics(path: str | Path) -> pd.DataFrame:
-    """``metrics.jsonl`` as a table (one row per epoch; lines cut short are skipped)."""
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    if not rows:
-        raise DataError(f"{path}: no metrics recorded")
-    return pd.DataFrame(rows)
-
-
-def plot_metrics(metrics: str | Path, out: str | Path) -> Path:
-    """Loss per epoch and, when recorded, the kNN accuracies (right axis) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    df = read_metrics(metrics)
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    ax.plot(df["epoch"], df["loss"], color="tab:blue", label="loss")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("pre-training loss", color="tab:blue")
-    if "knn_acc" in df and df["knn_acc"].notna().any():
-        knn = df.dropna(subset=["knn_acc"])
-        ax2 = ax.twinx()
-        ax2.plot(knn["epoch"], 100 * knn["knn_acc"], "o-", color="tab:red", label="kNN ILA")
-        if "knn_pla" in knn:
-            ax2.plot(knn["epoch"], 100 * knn["knn_pla"], "s--", color="tab:orange",
-                     label="kNN PLA")
-        ax2.set_ylabel("kNN accuracy on held-out patients (%)", color="tab:red")
-        ax2.legend(loc="lower right", fontsize=8)
-    ax.set_title(Path(metrics).parent.name)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
 
 
 def build_monitor(cfg: Mapping[str, Any], data_dir: str | Path, progress: bool = False
@@ -186,8 +145,6 @@ def build_monitor(cfg: Mapping[str, Any], data_dir: str | Path, progress: bool =
                           "patients): without it pre-training would use every patient, the "
                           "monitor's held-out ones included (`mpcs pretrain --splits FILE "
                           "--fold K` sets both)")
-    from mpcs.core.runtime import default_cache_dir
-
     cache_dir = (d["cache_dir"] or default_cache_dir()) if d["use_cache"] else None
     return breakhis_monitor(data_dir, d["patients"], mon["val_patients"], d["input_size"],
                             cache_dir, mon["knn_magnification"], mon["knn_k"],

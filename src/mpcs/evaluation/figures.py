@@ -28,18 +28,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure as MplFigure
 
 from mpcs.core.io import atomic_path, atomic_write_text
 from mpcs.core.tables import read_csv
 from mpcs.core.vocab import strategy_label
-from mpcs.evaluation.html import escape_markdown
-
-if TYPE_CHECKING:
-    from mpcs.viz.gradcam import CamImage
+from mpcs.engine.loading import compute_features, load_model
+from mpcs.evaluation.html import escape_markdown, write_html
+from mpcs.viz.curves import finetune_figure, pretrain_figure
+from mpcs.viz.gradcam import CamImage, explain, grid_figure
+from mpcs.viz.tsne import CLASS_COLOURS, OTHER_COLOUR, embed_2d
 
 __all__ = ["Figure", "add_figures", "finish_report"]
 
@@ -62,8 +64,6 @@ class Figure:
 
 
 def _curves(exp: Path, out: Path) -> list[Figure]:
-    from mpcs.viz.curves import finetune_figure, pretrain_figure
-
     figs = []
     p = pretrain_figure(exp, out / "pretrain_loss.png")
     if p is not None:
@@ -92,12 +92,6 @@ def _test_images(fold: Path) -> pd.DataFrame:
 
 
 def _tsne(exp: Path, out: Path, max_images: int, seed: int = 0) -> list[Figure]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure as MplFigure
-
-    from mpcs.inference import compute_features, load_model
-    from mpcs.viz.tsne import _COLOURS, _OTHER_COLOUR, _tsne
-
     fold = _first_fold(exp)
     if fold is None:
         return []
@@ -119,12 +113,12 @@ def _tsne(exp: Path, out: Path, max_images: int, seed: int = 0) -> list[Figure]:
         loaded = load_model(run / "checkpoints" / "last.pt")
         kept, feats, _ = compute_features(loaded, files, progress=False, skip_bad=True)
         keep = np.isin([str(f) for f in files], [str(k) for k in kept])
-        xy = _tsne(feats, perplexity=30, seed=seed)
+        xy = embed_2d(feats, perplexity=30, seed=seed)
         ax = fig.add_subplot(1, len(runs), i)
         for name in sorted(set(labels[keep].tolist())):
             mask = labels[keep] == name
             ax.scatter(xy[mask, 0], xy[mask, 1], s=10, alpha=0.8,
-                       c=_COLOURS.get(name, _OTHER_COLOUR), label=f"{name} ({int(mask.sum())})")
+                       c=CLASS_COLOURS.get(name, OTHER_COLOUR), label=f"{name} ({int(mask.sum())})")
         strategy = run.name.removeprefix("pretrain-")
         ax.set_title(strategy_label(strategy), fontsize=10)
         ax.set_xticks([])
@@ -183,8 +177,6 @@ def _layer_caption(items: dict[str, CamImage]) -> str:
 
 
 def _gradcam(exp: Path, out: Path, n_images: int, layer: str = "auto") -> list[Figure]:
-    from mpcs.viz.gradcam import explain, grid_figure
-
     fold = _first_fold(exp)
     if fold is None:
         return []
@@ -256,8 +248,6 @@ def finish_report(exp_dir: str | os.PathLike[str], md_path: str | os.PathLike[st
                   figures: bool = True) -> Path:
     """Append the figures to ``report.md`` (unless ``figures`` is False) and write the
     self-contained ``report.html`` beside it (images inlined). Returns the HTML path."""
-    from mpcs.evaluation.html import write_html
-
     md_path = Path(md_path)
     text = md_path.read_text()
     if figures:

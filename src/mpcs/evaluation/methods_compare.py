@@ -3,8 +3,8 @@ whole-slide pre-training run on a generated slide.
 
 ``compare_methods`` (``mpcs compare-methods``):
 
-1. the synthetic BreakHis-layout demo data (:data:`mpcs.demo.DEMO_DATA`), one patient split
-   (stratified; the demo's), the SAME data and seed for every method;
+1. the synthetic BreakHis-layout demo data (:data:`mpcs.evaluation.demo.DEMO_DATA`), one
+   patient split (stratified; the demo's), the SAME data and seed for every method;
 2. pre-training of each method of the grid (:data:`METHOD_PRESETS`: one ``cpu-small-*``
    preset per method, ResNet-18 at 48 px from random init) on the training patients only;
 3. linear evaluation of the frozen encoder: one logistic-regression probe per magnification
@@ -29,12 +29,17 @@ import pandas as pd
 import torch
 
 from mpcs.config import resolve
+from mpcs.core.errors import ConfigError
 from mpcs.core.io import atomic_write_text
 from mpcs.core.tables import safe_frame
 from mpcs.core.vocab import MAGNIFICATIONS
 from mpcs.data.cache import load_images
 from mpcs.data.datasets.breakhis import scan_breakhis
-from mpcs.data.synth.breakhis import SynthConfig, write_breakhis
+from mpcs.data.pairs.wsi import write_pyramid_tiff
+from mpcs.data.synth.breakhis import SynthConfig, patient_specs, render_sample, write_breakhis
+from mpcs.engine.pretrain import build_model, load_pretrained, pretrain
+from mpcs.evaluation.demo import DEMO_DATA, probe_table, split_patients
+from mpcs.models.features import extract_features
 
 #: The grid: method -> pre-training preset (all ResNet-18, 48 px, Adam, same data).
 METHOD_PRESETS: dict[str, str] = {
@@ -76,14 +81,9 @@ def compare_methods(out: str | Path, methods: Sequence[str] = tuple(METHOD_PRESE
                     progress: bool = True) -> pd.DataFrame:
     """Pre-train each of ``methods`` on the demo data and evaluate it by linear probes on
     held-out patients; returns the per-magnification results (also written to ``out``)."""
-    from mpcs.demo import DEMO_DATA, probe_table, split_patients
-    from mpcs.engine.pretrain import build_model, load_pretrained, pretrain
-    from mpcs.models.features import extract_features
 
     unknown = [m for m in methods if m not in METHOD_PRESETS]
     if unknown:
-        from mpcs.core.errors import ConfigError
-
         raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(METHOD_PRESETS)}")
     out = Path(out)
     synth = synth or DEMO_DATA
@@ -145,8 +145,6 @@ def synthetic_slide_rgb(grid: tuple[int, int] = (3, 4), tile: int = 256, margin:
     """An RGB slide ``[H, W, 3]``: a grid of synthetic tissue fields (the 40X renders of
     :mod:`mpcs.data.synth`, one patient per tile, benign and malignant alternating) on white
     glass with a margin."""
-    from mpcs.data.synth.breakhis import patient_specs, render_sample
-
     rows, cols = grid
     cfg = SynthConfig(patients=max(2, rows * cols), samples_per_patient=1,
                       image_size=(tile, tile), seed=seed)
@@ -166,9 +164,6 @@ def wsi_pretrain_demo(out: str | Path, method: str = "mpcs", epochs: int = 3,
     """Write ``out/slides/synthetic-slide.tif`` (pyramidal, 0.5 µm/pixel) and pre-train on
     it with ``data.source=wsi`` and continuous scales in [1, 4]; returns the summary with
     the slide path and the run's seconds."""
-    from mpcs.data.pairs.wsi import write_pyramid_tiff
-    from mpcs.engine.pretrain import pretrain
-
     out = Path(out)
     (out / "slides").mkdir(parents=True, exist_ok=True)
     slide = write_pyramid_tiff(out / "slides" / "synthetic-slide.tif", synthetic_slide_rgb(),

@@ -32,11 +32,12 @@ from mpcs.evaluation.figures import finish_report
 from mpcs.evaluation.html import escape_markdown
 from mpcs.evaluation.paper import paper_row
 from mpcs.evaluation.stats import format_mean_std, paired_test
-from mpcs.metrics import classification_metrics
+from mpcs.evaluation.transfer_report import write_transfer_report
+from mpcs.metrics import BINARY_METRICS, classification_metrics
 
 MAGS = MAGNIFICATIONS
 KEYS = ["dataset", "mode", "method", "encoder", "fold", "magnification", "label_fraction"]
-METRICS = ["ila", "pla", "precision", "recall", "f1", "roc_auc"]
+METRICS = list(BINARY_METRICS)
 
 
 def _cell_rows(cell_json: Path) -> list[dict]:
@@ -176,8 +177,6 @@ def write_report(exp_dir: str | Path, figures: bool = True) -> tuple[Path, Path]
     into both reports; a picture that fails is a logged warning, never a lost table."""
     exp_dir = Path(exp_dir)
     if (exp_dir / "transfer.json").is_file():  # BACH / BCC: mpcs.evaluation.transfer
-        from mpcs.evaluation.transfer import write_transfer_report
-
         csv_path, md_path = write_transfer_report(exp_dir)
         finish_report(exp_dir, md_path, figures=figures)
         return csv_path, md_path

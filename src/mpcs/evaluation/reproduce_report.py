@@ -2,7 +2,7 @@
 
 :func:`write_reproduction_report` reads the finished cells of each stage of a reproduction
 folder (:func:`mpcs.evaluation.report.collect_results` for BreakHis,
-:func:`mpcs.evaluation.transfer.collect_transfer_results` for BACH and BCC) and writes
+:func:`mpcs.evaluation.transfer_report.collect_transfer_results` for BACH and BCC) and writes
 
 * ``OUT/reproduction.csv``: one row per table cell (``table, section, row, column,
   ours_mean, ours_std, folds, paper_mean, paper_std, p_value``), through
@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from mpcs import __version__
-from mpcs.config import resolve
+from mpcs.config import get_dotted, resolve
 from mpcs.core.errors import DataError
 from mpcs.core.io import atomic_write_text
 from mpcs.core.tables import csv_text
@@ -51,7 +51,7 @@ from mpcs.evaluation.paper import (
 )
 from mpcs.evaluation.report import collect_results
 from mpcs.evaluation.stats import paired_test
-from mpcs.evaluation.transfer import collect_transfer_results
+from mpcs.evaluation.transfer_report import collect_transfer_results
 
 __all__ = ["BY_DESIGN", "StageInfo", "collect_cells", "settings_differences",
            "write_reproduction_report"]
@@ -273,20 +273,11 @@ def collect_cells(tables: Sequence[int], stages: Sequence[StageInfo]) -> pd.Data
 # --------------------------------------------------------------------------- settings
 
 
-def _get(cfg: Mapping[str, Any], dotted: str) -> Any:
-    value: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
 def _compare(where: str, part: str, cfg: Mapping[str, Any], paper: Mapping[str, Any]
              ) -> list[dict[str, Any]]:
     rows = []
     for key, want in paper.items():
-        ours = _get(cfg, key)
+        ours = get_dotted(cfg, key)
         code = AUTHORS_CODE.get(key)
         if ours != want or (code is not None and code != want):
             rows.append({"where": where, "setting": f"{part}: {key}", "ours": ours,

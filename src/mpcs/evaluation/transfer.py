@@ -43,24 +43,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import precision_recall_fscore_support
 
 from mpcs.config import EXPERIMENT_DEFAULTS
 from mpcs.core.checkpoint import load_checkpoint
-from mpcs.core.errors import ConfigError, DataError
+from mpcs.core.errors import ConfigError
 from mpcs.core.io import atomic_write_text
 from mpcs.core.runtime import default_cache_dir
 from mpcs.core.tables import csv_text, read_csv
 from mpcs.core.vocab import BASELINE_LABELS, strategy_label
 from mpcs.data.cache import load_images
-from mpcs.data.datasets import DATASETS, Dataset, patch_datasets
+from mpcs.data.datasets import Dataset, patch_datasets
 from mpcs.data.patches import PatchSpec, extract_patches, majority_vote
 from mpcs.data.splits import check_splits
 from mpcs.data.stain import build_normaliser
 from mpcs.data.transforms.tta import tta_views
 from mpcs.engine.finetune import finetune, linear_eval, load_finetuned
+from mpcs.engine.pretrain import pretrain
 from mpcs.engine.runinfo import LOCK_FILE, check_resumable
-from mpcs.evaluation.experiment import (
+from mpcs.evaluation.cells import (
     RESUME_MAY_DIFFER,
     check_finished_pretraining,
     drop_checkpoints,
@@ -70,24 +70,12 @@ from mpcs.evaluation.experiment import (
     recorded_cell,
     resolved_finetune_config,
 )
-from mpcs.evaluation.stats import format_mean_std
+from mpcs.metrics import classification_scores
 
 log = logging.getLogger(__name__)
 
 MARKER = "transfer.json"
-METRICS = ("accuracy", "precision", "recall", "f1")
 
-
-#: The paper's test numbers (ResNet-50): Table 7 (BACH, 100 % labels, image- and patch-wise
-#: accuracy) and Table 9 (BCC, image-wise accuracy, fine-tuned and linear).
-PAPER = {
-    ("bach", "finetune"): {"ImageNet": (90.50, 80.00), "MPCS-FP": (90.55, 82.79),
-                           "MPCS-OP": (91.85, 83.13), "MPCS-RP": (91.00, 82.90)},
-    ("bcc", "finetune"): {"MPCS-FP": (98.14, None), "MPCS-OP": (98.18, None),
-                          "MPCS-RP": (98.10, None)},
-    ("bcc", "linear"): {"MPCS-FP": (96.29, None), "MPCS-OP": (96.36, None),
-                        "MPCS-RP": (96.22, None)},
-}
 
 
 # --------------------------------------------------------------------------- configuration
@@ -167,8 +155,6 @@ def resolve_inits(cfg: Mapping[str, Any], fcfg: Mapping[str, Any], out: Path, re
 
 def _pretrain_on_breakhis(cfg: Mapping[str, Any], strategy: str, out: Path, resume: bool,
                           progress: bool) -> tuple[str, str]:
-    from mpcs.engine.pretrain import pretrain
-
     run = out / f"pretrain-{strategy}"
     pcfg = pretrain_config(cfg, strategy)
     done = run / "done.json"
@@ -179,35 +165,6 @@ def _pretrain_on_breakhis(cfg: Mapping[str, Any], strategy: str, out: Path, resu
                            progress=progress)
         atomic_write_text(done, json.dumps(summary, indent=1))
     return str(run / "checkpoints" / "last.pt"), pcfg["model"]["encoder"]
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def classification_scores(y_true: Sequence[str], y_pred: Sequence[str],
-                          classes: Sequence[str], positive: str | None) -> dict[str, float]:
-    """Accuracy, precision, recall and F1 of label strings.
-
-    Binary tasks (``positive`` given) score the positive class; otherwise precision, recall
-    and F1 are macro averages over ``classes``. Undefined values count as 0.
-
-    Example:
-        >>> s = classification_scores(["b", "m", "m"], ["b", "m", "b"], ["b", "m"], "m")
-        >>> round(s["accuracy"], 3), s["precision"], s["recall"]
-        (0.667, 1.0, 0.5)
-    """
-    t, p = np.asarray(y_true).astype(str), np.asarray(y_pred).astype(str)
-    if t.shape != p.shape or t.size == 0:
-        raise ValueError(f"y_true and y_pred must be non-empty and equal in length, got "
-                         f"{t.size} and {p.size}")
-    if positive is not None:
-        pr, rc, f1, _ = precision_recall_fscore_support(
-            t, p, labels=[positive], average="binary", pos_label=positive, zero_division=0.0)
-    else:
-        pr, rc, f1, _ = precision_recall_fscore_support(
-            t, p, labels=list(classes), average="macro", zero_division=0.0)
-    return {"accuracy": float((t == p).mean()), "precision": float(pr), "recall": float(rc),
-            "f1": float(f1)}
 
 
 # --------------------------------------------------------------------------- one cell
@@ -257,8 +214,9 @@ def _finish_part(cell: Path, part: str, frame: pd.DataFrame, ds: Dataset, tta: s
 
 
 def cell_scores(cell: Path, ds: Dataset) -> dict[str, float]:
-    """``<part>_<level>_<metric>`` for val/test, patch/image, the four :data:`METRICS`,
-    recomputed from a finished cell's ``*_patches.csv`` and ``*_images.csv``."""
+    """``<part>_<level>_<metric>`` for val/test, patch/image, the four
+    :data:`mpcs.metrics.LABEL_METRICS`, recomputed from a finished cell's ``*_patches.csv``
+    and ``*_images.csv``."""
     scores: dict[str, float] = {}
     for part in ("val", "test"):
         for level, name in (("patch", "patches"), ("image", "images")):
@@ -358,121 +316,3 @@ def run_transfer(cfg: Mapping[str, Any], data: str | Path, out: str | Path,
 
 
 # --------------------------------------------------------------------------- report
-
-
-RESULT_KEYS = ["dataset", "mode", "method", "encoder", "fold", "label_fraction"]
-
-
-def collect_transfer_results(exp_dir: str | Path) -> pd.DataFrame:
-    """One row per finished cell: :data:`RESULT_KEYS`, then ``<part>_<level>_<metric>``
-    recomputed from the saved predictions, and the counts."""
-    exp_dir = Path(exp_dir)
-    rows = []
-    for meta_path in sorted(exp_dir.rglob("cell.json")):
-        meta = json.loads(meta_path.read_text())
-        ds = patch_datasets().get(meta.get("dataset", ""))
-        if ds is None or not (meta_path.parent / "test_images.csv").exists():
-            continue
-        rows.append({**{k: meta[k] for k in RESULT_KEYS}, **cell_scores(meta_path.parent, ds)})
-    if not rows:
-        raise DataError(f"{exp_dir}: no finished transfer cell (cell.json with test_images.csv) "
-                        "found; run `mpcs experiment` first")
-    return pd.DataFrame(rows)
-
-
-def _ms(values: pd.Series, percent: bool) -> str:
-    if not len(values):
-        return "-"
-    if percent:
-        return format_mean_std(values.mean(), values.std(ddof=1))
-    return format_mean_std(values.mean(), values.std(ddof=1), percent=False)
-
-
-def _methods(group: pd.DataFrame) -> list[str]:
-    names = list(dict.fromkeys(group["method"]))
-    base = [n for n in BASELINE_LABELS.values() if n in names]
-    return base + sorted(n for n in names if n not in base)
-
-
-def _table7(group: pd.DataFrame, dataset: str, mode: str, encoder: str) -> list[str]:
-    fraction = group["label_fraction"].max()
-    g = group[group["label_fraction"] == fraction]
-    # the paper's numbers are ResNet-50 ones; other encoders get no reference column values
-    paper = PAPER.get((dataset, mode), {}) if encoder.startswith("resnet50") else {}
-    lines = [f"Label fraction {fraction:g}. Accuracy in %, F1 in [0, 1].", "",
-             "| method | image-wise val | image-wise test | patch-wise val | patch-wise test "
-             "| image-wise test F1 | paper (ResNet-50) image / patch test |",
-             "|---|---|---|---|---|---|---|"]
-    for method in _methods(g):
-        m = g[g["method"] == method]
-        ref = paper.get(method)
-        ref_text = ("-" if ref is None else
-                    f"{ref[0]:.2f} / {ref[1]:.2f}" if ref[1] is not None else f"{ref[0]:.2f}")
-        lines.append(f"| {method} | " + " | ".join([
-            _ms(m["val_image_accuracy"], True), _ms(m["test_image_accuracy"], True),
-            _ms(m["val_patch_accuracy"], True), _ms(m["test_patch_accuracy"], True),
-            _ms(m["test_image_f1"], False), ref_text]) + " |")
-    return lines
-
-
-def _table8(group: pd.DataFrame) -> list[str]:
-    methods = _methods(group)
-    lines = ["Test part, image-wise (majority vote). F1 in [0, 1], accuracy in %.", "",
-             "| labels from the training part | " + " | ".join(f"F1 {m}" for m in methods)
-             + " | " + " | ".join(f"accuracy {m}" for m in methods) + " |",
-             "|---|" + "---|" * (2 * len(methods))]
-    for fraction, g in group.groupby("label_fraction", sort=True):
-        f1 = [_ms(g.loc[g["method"] == m, "test_image_f1"], False) for m in methods]
-        acc = [_ms(g.loc[g["method"] == m, "test_image_accuracy"], True) for m in methods]
-        lines.append(f"| {100 * fraction:g}% | " + " | ".join(f1 + acc) + " |")
-    return lines
-
-
-def _table9(group: pd.DataFrame, positive: str | None) -> list[str]:
-    fraction = group["label_fraction"].max()
-    g = group[group["label_fraction"] == fraction]
-    modes = [m for m in ("finetune", "linear") if m in set(g["mode"])]
-    what = f"positive class {positive}" if positive else "macro averages"
-    lines = [f"Test part, image-wise (majority vote), label fraction {fraction:g}; accuracy "
-             f"in %, precision and recall in [0, 1] ({what}).", "",
-             "| method | " + " | ".join(f"{m} {k}" for m in modes
-                                        for k in ("accuracy", "precision", "recall")) + " |",
-             "|---|" + "---|" * (3 * len(modes))]
-    for method in _methods(g):
-        cells = []
-        for mode in modes:
-            m = g[(g["method"] == method) & (g["mode"] == mode)]
-            cells += [_ms(m["test_image_accuracy"], True), _ms(m["test_image_precision"], False),
-                      _ms(m["test_image_recall"], False)]
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def format_transfer_report(results: pd.DataFrame, title: str = "mpcs transfer report") -> str:
-    """Markdown report: Table-7, Table-8 (several label fractions) and Table-9 layouts per
-    data set and encoder, mean±std over folds (std with ddof=1)."""
-    lines = [f"# {title}", "",
-             f"{len(results)} finished cells from {results['fold'].nunique()} fold(s); folds "
-             "are stratified by class at image level. Image-wise = majority vote over an "
-             "image's patches (ties: highest mean probability). mean±std over folds.", ""]
-    for (dataset, encoder), group in results.groupby(["dataset", "encoder"], sort=True):
-        positive = DATASETS[dataset].positive
-        for mode, g in group.groupby("mode", sort=True):
-            lines += [f"## {dataset}, {encoder}, {mode}: image- and patch-wise accuracy "
-                      "(Table 7 layout)", "", *_table7(g, dataset, mode, encoder), ""]
-            if g["label_fraction"].nunique() > 1:
-                lines += [f"## {dataset}, {encoder}, {mode}: label fractions (Table 8 layout)",
-                          "", *_table8(g), ""]
-        lines += [f"## {dataset}, {encoder}: accuracy, precision, recall (Table 9 layout)", "",
-                  *_table9(group, positive), ""]
-    return "\n".join(lines)
-
-
-def write_transfer_report(exp_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``results.csv`` and ``report.md`` of a transfer experiment; returns their paths."""
-    exp_dir = Path(exp_dir)
-    results = collect_transfer_results(exp_dir)
-    csv_path, md_path = exp_dir / "results.csv", exp_dir / "report.md"
-    atomic_write_text(csv_path, csv_text(results, csv_path))
-    atomic_write_text(md_path, format_transfer_report(results))
-    return csv_path, md_path

@@ -1,7 +1,9 @@
 """Loss functions for self-supervised pre-training on magnification pairs.
 
 ``NTXentLoss`` (MPCS, SimCLR), ``BYOLLoss``, ``SimSiamLoss``, ``BarlowTwinsLoss`` and
-``VICRegLoss``; :func:`create_loss` builds one by name.
+``VICRegLoss``; :func:`create_loss` builds one by name. Under ``torchrun`` the losses with
+batch statistics take them over all ranks (``gather_distributed=True``; :func:`gather_rows`,
+see :mod:`mpcs.losses.gather`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import nn
 from mpcs.core.errors import ConfigError
 from mpcs.losses.barlow_twins import BarlowTwinsLoss
 from mpcs.losses.byol import BYOLLoss
+from mpcs.losses.gather import gather_rows
 from mpcs.losses.ntxent import NTXentLoss
 from mpcs.losses.simsiam import SimSiamLoss
 from mpcs.losses.vicreg import VICRegLoss
@@ -36,4 +39,4 @@ def create_loss(name: str, **kwargs: Any) -> nn.Module:
 
 
 __all__ = ["LOSSES", "BYOLLoss", "BarlowTwinsLoss", "NTXentLoss", "SimSiamLoss", "VICRegLoss",
-           "create_loss"]
+           "create_loss", "gather_rows"]

@@ -8,6 +8,11 @@ identity:
     L = sum_i (1 - C_ii)^2 + lambda * sum_i sum_{j != i} C_ij^2.
 
 The paper uses lambda = 5e-3 (also lightly's default).
+
+With ``gather_distributed=True`` under ``torchrun`` the projections of all ranks are
+gathered first (:mod:`mpcs.losses.gather`), so the standardisation and ``C`` are over
+the GLOBAL batch: every rank computes the loss of the whole batch, and DDP's gradient
+averaging gives the single-process gradient.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mpcs.losses._checks import check_pair
+from mpcs.losses.gather import check_gather_available, gather_rows
 
 
 def cross_correlation(z1: Tensor, z2: Tensor, eps: float = 1e-5) -> Tensor:
@@ -32,6 +38,8 @@ class BarlowTwinsLoss(nn.Module):
 
     Args:
         lambda_offdiag: weight of the off-diagonal term; must be >= 0.
+        gather_distributed: under an initialised process group, compute the loss over the
+            projections of all ranks (the global batch).
 
     Raises:
         ValueError: for a negative weight, or inputs that are not matching (N, D) with N >= 2.
@@ -45,19 +53,24 @@ class BarlowTwinsLoss(nn.Module):
         torch.Size([])
     """
 
-    def __init__(self, lambda_offdiag: float = 5e-3) -> None:
+    def __init__(self, lambda_offdiag: float = 5e-3, gather_distributed: bool = False) -> None:
         super().__init__()
         if not lambda_offdiag >= 0:
             raise ValueError(f"Barlow Twins lambda must be >= 0, got {lambda_offdiag!r}")
+        check_gather_available("BarlowTwinsLoss", gather_distributed)
         self.lambda_offdiag = float(lambda_offdiag)
+        self.gather_distributed = gather_distributed
 
     def extra_repr(self) -> str:
-        return f"lambda_offdiag={self.lambda_offdiag}"
+        return f"lambda_offdiag={self.lambda_offdiag}, gather_distributed={self.gather_distributed}"
 
     def forward(self, z1: Tensor, z2: Tensor) -> Tensor:
         check_pair("BarlowTwinsLoss", z1, z2, min_batch=2)
         with torch.autocast(device_type=z1.device.type, enabled=False):
-            c = cross_correlation(z1.float(), z2.float())
+            a, b = z1.float(), z2.float()
+            if self.gather_distributed:
+                a, b = gather_rows(a), gather_rows(b)
+            c = cross_correlation(a, b)
             on = (torch.diagonal(c) - 1).pow(2).sum()
             off = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
             return on + self.lambda_offdiag * off

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch import distributed as torch_dist
+
+from mpcs.losses.gather import check_gather_available, gather_rows, world
 
 
 class NTXentLoss(nn.Module):
@@ -51,11 +52,7 @@ class NTXentLoss(nn.Module):
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"Illegal temperature {temperature!r}: it must be > 0.")
-        if gather_distributed and not torch_dist.is_available():
-            raise ValueError(
-                "gather_distributed=True but torch.distributed is not available in this "
-                "torch build; set gather_distributed=False."
-            )
+        check_gather_available("NTXentLoss", gather_distributed)
         self.temperature = float(temperature)
         self.gather_distributed = gather_distributed
 
@@ -91,19 +88,11 @@ class NTXentLoss(nn.Module):
             return F.cross_entropy(logits, labels)
 
     def _gather(self, z: Tensor) -> tuple[Tensor, int]:
-        """Return the views of all ranks, shape (W * 2N, D) ordered by rank, and this rank."""
-        if not (
-            self.gather_distributed
-            and torch_dist.is_available()
-            and torch_dist.is_initialized()
-            and torch_dist.get_world_size() > 1
-        ):
+        """Return the views of all ranks, shape (W * 2N, D) ordered by rank, and this rank
+        (see :mod:`mpcs.losses.gather`: the backward pass sums all ranks' gradients)."""
+        if not self.gather_distributed:
             return z, 0
-        # torch.distributed.nn's all_gather sums the incoming gradients of all ranks in its
-        # backward pass; a plain all_gather would keep only the local gradient (defect 4).
-        from torch.distributed.nn.functional import all_gather
-
-        return torch.cat(all_gather(z), dim=0), torch_dist.get_rank()
+        return gather_rows(z), world()[0]
 
 
 def _check_pair(z1: Tensor, z2: Tensor) -> None:

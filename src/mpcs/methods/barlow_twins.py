@@ -5,10 +5,14 @@ BatchNorm statistics are per view, as in the paper)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor
 
 from mpcs.losses import BarlowTwinsLoss
-from mpcs.methods.base import PairMethod
+from mpcs.methods.base import PairMethod, backbone, option
+from mpcs.methods.registry import register_method
 from mpcs.models.encoders import Encoder
 from mpcs.models.heads import ProjectionHead
 
@@ -26,3 +30,14 @@ class BarlowTwinsMethod(PairMethod):
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         h1, h2 = self._encode(x1, x2)
         return self.loss_fn(self.head(h1), self.head(h2))
+
+    def use_global_batch(self, enabled: bool) -> None:
+        """Standardisation and cross-correlation over the projections of all ranks."""
+        self.loss_fn.gather_distributed = enabled
+
+
+@register_method("barlow_twins")
+def build_barlow_twins(cfg: Mapping[str, Any]) -> BarlowTwinsMethod:
+    m = backbone(cfg)
+    return BarlowTwinsMethod(m.encoder, m.head, option(cfg, "barlow_lambda"),
+                             cfg["model"]["channels_last"])

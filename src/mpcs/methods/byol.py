@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mpcs.losses import BYOLLoss
-from mpcs.methods.base import PairMethod
+from mpcs.methods.base import PairMethod, backbone, option, predictor
+from mpcs.methods.registry import register_method
 from mpcs.models.encoders import Encoder
 from mpcs.models.heads import ProjectionHead
 
@@ -65,6 +68,11 @@ class BYOLMethod(PairMethod):
             z1, z2 = self.target_head(t[:len(x1)]), self.target_head(t[len(x1):])
         return self.loss_fn(p1, p2, z1, z2)
 
+    def use_global_batch(self, enabled: bool) -> None:
+        """Nothing to gather: the loss is a mean of per-pair terms, so DDP's average of the
+        ranks' gradients is the global batch's gradient; the target network follows the
+        online one, which is the same on every rank after each step."""
+
     def after_step(self, step: int, total_steps: int) -> None:
         self.momentum = cosine_momentum(step, total_steps, self.base_momentum)
         ema_update(self.target_encoder, self.encoder, self.momentum)
@@ -72,3 +80,10 @@ class BYOLMethod(PairMethod):
 
     def loggable(self) -> dict[str, float]:
         return {"momentum": self.momentum}
+
+
+@register_method("byol")
+def build_byol(cfg: Mapping[str, Any]) -> BYOLMethod:
+    m = backbone(cfg)
+    return BYOLMethod(m.encoder, m.head, predictor(cfg), option(cfg, "momentum"),
+                      cfg["model"]["channels_last"])

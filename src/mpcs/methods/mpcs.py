@@ -1,16 +1,22 @@
 """MPCS (Chhipa et al., WACV 2023): NT-Xent on magnification pairs with the uniform transform.
 
 The state dict (``encoder.*``, ``head.*``) is the same as :class:`mpcs.models.MPCSModel`'s,
-so MPCS checkpoints are unchanged by the method registry.
+so MPCS checkpoints are unchanged by the method registry, and the loss and its gradients are
+those of ``MPCSModel`` on the concatenated views followed by NT-Xent. Under ``torchrun``
+NT-Xent takes its negatives from all ranks (:meth:`MPCSMethod.use_global_batch`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from mpcs.losses import NTXentLoss
-from mpcs.methods.base import PairMethod
+from mpcs.methods.base import PairMethod, backbone
+from mpcs.methods.registry import register_method
 from mpcs.models.encoders import Encoder
 from mpcs.models.heads import ProjectionHead
 
@@ -41,3 +47,14 @@ class MPCSMethod(PairMethod):
         z = self.head(torch.cat([h1, h2]))
         n = len(h1)
         return self.loss_fn(z[:n].float(), z[n:].float())
+
+    def use_global_batch(self, enabled: bool) -> None:
+        """Negatives from the views of all ranks (each rank's anchors are its own views)."""
+        self.loss_fn.gather_distributed = enabled
+
+
+@register_method("mpcs")
+def build_mpcs(cfg: Mapping[str, Any]) -> MPCSMethod:
+    m = backbone(cfg)
+    return MPCSMethod(m.encoder, m.head, cfg["loss"]["temperature"],
+                      cfg["model"]["channels_last"])

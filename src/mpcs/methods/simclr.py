@@ -10,13 +10,17 @@ so the only difference to MPCS is where the positive pair comes from.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from mpcs.data.transforms import UniformPairAugment, sample_params, to_float
 from mpcs.data.transforms.geometry import crop_resize
+from mpcs.methods.base import backbone, option
 from mpcs.methods.mpcs import MPCSMethod
+from mpcs.methods.registry import register_method
 from mpcs.models.encoders import Encoder
 from mpcs.models.heads import ProjectionHead
 
@@ -56,13 +60,27 @@ class SimCLRMethod(MPCSMethod):
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
 
     def make_views(self, aug: UniformPairAugment, v1: Tensor, v2: Tensor,
-                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
+                   generator: torch.Generator, global_pairs: int | None = None, first: int = 0
+                   ) -> tuple[Tensor, Tensor]:
+        """Each view with its own crop and parameter set, drawn for the global batch (all
+        ranks draw the same) and sliced to this rank's rows ``first:first + N``."""
+        n = v1.shape[0]
+        rows = slice(first, first + n)
+        total = global_pairs or n
         out = []
         for v in (v1, v2):
             x = to_float(v)
             if self.crop_scale != (1.0, 1.0):
-                boxes = random_resized_boxes(len(x), x.shape[-2], x.shape[-1], self.crop_scale,
+                boxes = random_resized_boxes(total, x.shape[-2], x.shape[-1], self.crop_scale,
                                              generator)
-                x = crop_resize(x, boxes, x.shape[-1])
-            out.append(aug.apply(x, sample_params(aug.cfg, len(x), generator)))
+                x = crop_resize(x, boxes[rows], x.shape[-1])
+            params = sample_params(aug.cfg, total, generator).take(first, first + n)
+            out.append(aug.apply(x, params))
         return out[0], out[1]
+
+
+@register_method("simclr")
+def build_simclr(cfg: Mapping[str, Any]) -> SimCLRMethod:
+    m = backbone(cfg)
+    return SimCLRMethod(m.encoder, m.head, cfg["loss"]["temperature"],
+                        tuple(option(cfg, "simclr_crop_scale")), cfg["model"]["channels_last"])

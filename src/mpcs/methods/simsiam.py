@@ -7,10 +7,14 @@ parameters, as in the paper) and a bottleneck predictor; the loss
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor, nn
 
 from mpcs.losses import SimSiamLoss
-from mpcs.methods.base import PairMethod
+from mpcs.methods.base import PairMethod, backbone, predictor
+from mpcs.methods.registry import register_method
 from mpcs.models.encoders import Encoder
 from mpcs.models.heads import ProjectionHead
 
@@ -38,3 +42,14 @@ class SimSiamMethod(PairMethod):
         h1, h2 = self._encode(x1, x2)
         z1, z2 = self.head(h1), self.head(h2)
         return self.loss_fn(self.predictor(z1), self.predictor(z2), z1, z2)
+
+    def use_global_batch(self, enabled: bool) -> None:
+        """Nothing to gather: the loss is a mean of per-pair terms, so DDP's average of the
+        ranks' gradients is the global batch's gradient."""
+
+
+@register_method("simsiam")
+def build_simsiam(cfg: Mapping[str, Any]) -> SimSiamMethod:
+    m = backbone(cfg)
+    head = SimSiamProjector(m.head.in_dim, list(m.head.hidden_dims), m.head.out_dim)
+    return SimSiamMethod(m.encoder, head, predictor(cfg), cfg["model"]["channels_last"])

@@ -4,12 +4,14 @@ magnifications' embeddings, variance and covariance regularisation of each
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from torch import Tensor
 
 from mpcs.losses import VICRegLoss
-from mpcs.methods.base import PairMethod
+from mpcs.methods.base import PairMethod, backbone, option
+from mpcs.methods.registry import register_method
 from mpcs.models.encoders import Encoder
 from mpcs.models.heads import ProjectionHead
 
@@ -29,3 +31,14 @@ class VICRegMethod(PairMethod):
     def forward(self, x1: Tensor, x2: Tensor) -> Tensor:
         h1, h2 = self._encode(x1, x2)
         return self.loss_fn(self.head(h1), self.head(h2))
+
+    def use_global_batch(self, enabled: bool) -> None:
+        """Invariance, variance and covariance over the embeddings of all ranks."""
+        self.loss_fn.gather_distributed = enabled
+
+
+@register_method("vicreg")
+def build_vicreg(cfg: Mapping[str, Any]) -> VICRegMethod:
+    m = backbone(cfg)
+    return VICRegMethod(m.encoder, m.head, tuple(option(cfg, "vicreg_weights")),
+                        cfg["model"]["channels_last"])

@@ -1,5 +1,7 @@
-"""Encoders f(.), projection heads g(.) and the MPCS model (h, z) = (f(x), g(f(x)))."""
+"""Encoders f(.), projection heads g(.), the MPCS model (h, z) = (f(x), g(f(x))) and the
+downstream classifier (encoder + dropout + linear)."""
 
+from mpcs.models.classifier import CLASS_NAMES, Classifier, ClassifierHead, build_classifier
 from mpcs.models.encoders import (
     ENCODERS,
     IMAGENET_MEAN,
@@ -8,7 +10,6 @@ from mpcs.models.encoders import (
     EncoderSpec,
     create_encoder,
     list_encoders,
-    load_encoder_weights,
     register_encoder,
     resolve_encoder_spec,
 )
@@ -20,17 +21,22 @@ from mpcs.models.lite_weights import (
     lite_weights_path,
     load_lite_imagenet,
 )
+from mpcs.models.weights import load_encoder_weights
 
 __all__ = [
+    "CLASS_NAMES",
     "ENCODERS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LITE_MEAN",
     "LITE_STD",
+    "Classifier",
+    "ClassifierHead",
     "Encoder",
     "EncoderSpec",
     "MPCSModel",
     "ProjectionHead",
+    "build_classifier",
     "create_encoder",
     "create_mpcs_model",
     "default_head_dims",

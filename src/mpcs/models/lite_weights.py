@@ -11,7 +11,7 @@ maps them by position and checks every pair (shape and parameter kind) before lo
 The weights are the TF EfficientNet-Lite ones: they expect inputs scaled to ``[-1, 1]``
 (mean = std = 0.5 per channel), which is also what timm's ``tf_efficientnet_lite*``
 ``pretrained_cfg`` says. This was checked against the stem BatchNorm statistics and by
-classifying scikit-image's photos (see ``tests/test_models.py``).
+classifying scikit-image's photos (see ``tests/models/test_models.py``).
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mpcs.core.errors import DataError
 from mpcs.core.io import atomic_path
@@ -36,6 +39,7 @@ from mpcs.core.vocab import strategy_label
 __all__ = [
     "experiment_figures",
     "plot_curves",
+    "plot_metrics",
     "plot_run",
     "read_metrics",
     "run_kind",
@@ -91,10 +95,6 @@ def run_kind(metrics: pd.DataFrame) -> str:
 
 
 def _figure(n_axes: int, width: float = 4.2, height: float = 3.2) -> tuple[Any, list[Any]]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     fig = Figure(figsize=(width * n_axes, height), dpi=100)
     FigureCanvasAgg(fig)
     axes = [fig.add_subplot(1, n_axes, i + 1) for i in range(n_axes)]
@@ -312,3 +312,28 @@ def plot_curves(path: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -
         except DataError as e:
             log.warning("curves: %s", e)
     return written + experiment_figures(root, out)
+
+
+def plot_metrics(metrics: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
+    """A pre-training run's loss per epoch and, when recorded, its kNN accuracies on held-out
+    patients (right axis) as one PNG (``mpcs plot-metrics``); ``metrics`` is the run folder
+    or its ``metrics.jsonl``."""
+    df = read_metrics(metrics)
+    fig = Figure(figsize=(6, 3.6), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(df["epoch"], df["loss"], color="tab:blue", label="loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("pre-training loss", color="tab:blue")
+    if "knn_acc" in df and df["knn_acc"].notna().any():
+        knn = df.dropna(subset=["knn_acc"])
+        ax2 = ax.twinx()
+        ax2.plot(knn["epoch"], 100 * knn["knn_acc"], "o-", color="tab:red", label="kNN ILA")
+        if "knn_pla" in knn:
+            ax2.plot(knn["epoch"], 100 * knn["knn_pla"], "s--", color="tab:orange",
+                     label="kNN PLA")
+        ax2.set_ylabel("kNN accuracy on held-out patients (%)", color="tab:red")
+        ax2.legend(loc="lower right", fontsize=8)
+    path = Path(metrics)
+    ax.set_title((path if path.is_dir() else path.parent).name)
+    return _save(fig, Path(out))

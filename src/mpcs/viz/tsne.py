@@ -17,17 +17,23 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn import manifold
 
 from mpcs.core.errors import ConfigError, DataError
 from mpcs.core.io import atomic_path
+from mpcs.data.datasets.breakhis_names import breakhis_fields
+from mpcs.data.images import list_images
+from mpcs.engine.loading import PRETRAIN_KIND, compute_features, load_model
 
 __all__ = ["FEATURE_KINDS", "tsne_plot"]
 
 log = logging.getLogger(__name__)
 
 FEATURE_KINDS = ("backbone", "projection")
-_COLOURS = {"benign": "#1f77b4", "malignant": "#d62728"}
-_OTHER_COLOUR = "#7f7f7f"
+CLASS_COLOURS = {"benign": "#1f77b4", "malignant": "#d62728"}
+OTHER_COLOUR = "#7f7f7f"
 _MIN_POINTS = 3
 #: Below this many points t-SNE is exact: Barnes-Hut's tree costs more than it saves on
 #: small sets (2 busy CPU cores, 512 features: 300 points 4 s exact, 19 s Barnes-Hut; about
@@ -35,20 +41,11 @@ _MIN_POINTS = 3
 EXACT_BELOW = 1000
 
 
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ConfigError("t-SNE plots need matplotlib: pip install matplotlib") from None
-
-
-def _tsne(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
-    from sklearn.manifold import TSNE
-
+def embed_2d(features: np.ndarray, perplexity: float, seed: int) -> np.ndarray:
     n = len(features)
     p = float(min(perplexity, n - 1))
     method = "exact" if n < EXACT_BELOW else "barnes_hut"
-    return TSNE(n_components=2, perplexity=p, init="pca", random_state=seed,
+    return manifold.TSNE(n_components=2, perplexity=p, init="pca", random_state=seed,
                 learning_rate="auto", method=method).fit_transform(features.astype(np.float64))
 
 
@@ -60,16 +57,13 @@ def _umap(features: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _draw(xy: np.ndarray, labels: np.ndarray, title: str, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(6, 5), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for name in sorted(set(labels.tolist()), key=lambda v: (v not in _COLOURS, v)):
+    for name in sorted(set(labels.tolist()), key=lambda v: (v not in CLASS_COLOURS, v)):
         mask = labels == name
         ax.scatter(xy[mask, 0], xy[mask, 1], s=12, alpha=0.8,
-                   c=_COLOURS.get(name, _OTHER_COLOUR), label=f"{name} ({int(mask.sum())})")
+                   c=CLASS_COLOURS.get(name, OTHER_COLOUR), label=f"{name} ({int(mask.sum())})")
     ax.set_title(title)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -98,19 +92,16 @@ def tsne_plot(checkpoint: str | os.PathLike[str],
             projection head's output z; pre-training checkpoints only).
 
     Raises:
-        ConfigError: unknown ``features``, ``"projection"`` with a fine-tuned checkpoint, a
-            non-positive perplexity, or matplotlib missing.
+        ConfigError: unknown ``features``, ``"projection"`` with a fine-tuned checkpoint, or
+            a non-positive perplexity.
     """
-    from mpcs.inference import breakhis_fields, compute_features, list_images, load_model
-
     if features not in FEATURE_KINDS:
         raise ConfigError(f"features must be one of {', '.join(FEATURE_KINDS)}, "
                           f"got {features!r}")
     if not perplexity > 0:
         raise ConfigError(f"perplexity must be > 0, got {perplexity}")
-    _require_matplotlib()
     loaded = load_model(checkpoint)
-    if features == "projection" and (loaded.kind != "mpcs-pretrain" or loaded.head is None):
+    if features == "projection" and (loaded.kind != PRETRAIN_KIND or loaded.head is None):
         raise ConfigError(f"{checkpoint}: projection features need a pre-training checkpoint "
                           "(a fine-tuned model has no projection head); use features=backbone")
     files = list_images(data_dir_or_images, skip_bad=skip_bad)
@@ -137,7 +128,7 @@ def tsne_plot(checkpoint: str | os.PathLike[str],
             log.warning("t-SNE: %s has %d image(s), too few for a map; skipped", name, n)
             continue
         what = "all magnifications" if name == "all" else name
-        xy = _tsne(feats[mask], perplexity, seed)
+        xy = embed_2d(feats[mask], perplexity, seed)
         title = f"t-SNE of {features} features, {what} ({n} images)"
         written.append(_draw(xy, labels[mask], title, out / f"tsne_{name}.png"))
         if use_umap:

@@ -1,10 +1,14 @@
 """BreakHis v1 file names: ``SOB_<B|M>_<T>-<year>-<slide>-<mag>-<seq>.png`` parsed into
-patient, class, tumour type, magnification and sequence number (:func:`parse_filename`)."""
+patient, class, tumour type, magnification and sequence number (:func:`parse_filename`);
+:func:`breakhis_fields` gives them as the columns of ``mpcs embed`` / ``predict`` tables."""
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from mpcs.core.vocab import MAGNIFICATIONS
 from mpcs.data.images import is_image_file
@@ -139,3 +143,18 @@ def _name_from_parts(base: str, parts: dict[str, str]) -> BreakHisName:
         magnification=f"{mag}X",
         sequence=int(parts["seq"]),
     )
+
+
+#: Columns filled from a BreakHis file name (empty when the name does not parse).
+BREAKHIS_FIELDS: tuple[str, ...] = ("patient_id", "label", "subtype", "magnification",
+                                    "sequence")
+
+
+def breakhis_fields(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """:data:`BREAKHIS_FIELDS` of a file's name; all None when the name does not parse."""
+    try:
+        name = parse_filename(Path(path).name)
+    except ValueError:
+        return dict.fromkeys(BREAKHIS_FIELDS)
+    return {"patient_id": name.patient_id, "label": name.label, "subtype": name.subtype,
+            "magnification": name.magnification, "sequence": int(name.sequence)}

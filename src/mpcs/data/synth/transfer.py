@@ -27,13 +27,8 @@ from tqdm import tqdm
 from mpcs.core.errors import ConfigError
 from mpcs.data.datasets.bach import BACH_CLASSES, BACH_IMAGE_SIZE, GROUND_TRUTH
 from mpcs.data.datasets.bcc import BCC_CLASSES, BCC_IMAGE_SIZE
-from mpcs.data.synth.breakhis import (
-    _region_params,
-    _stain_vectors,
-    build_tissue,
-    check_image_size,
-    render,
-)
+from mpcs.data.synth.breakhis import check_image_size
+from mpcs.data.synth.tissue import build_tissue, region_params, render, stain_vectors
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +47,10 @@ def render_image(grade_range: tuple[float, float], size: tuple[int, int], seed: 
     profile = {"grade": rng.uniform(*grade_range), "cellularity": rng.uniform(0.8, 1.2),
                "hema": rng.uniform(0.8, 1.25), "eosin": rng.uniform(0.55, 1.05),
                "hue": rng.normal(0.0, 0.05), "blur": rng.uniform(0.0, 0.6)}
-    params = _region_params(profile, rng)
+    params = region_params(profile, rng)
     w, h = size
     tissue = build_tissue(params, (10.0, 10.0 * h / w), rng)
-    return render(tissue, "200X", size, _stain_vectors(profile), rng)
+    return render(tissue, "200X", size, stain_vectors(profile), rng)
 
 
 def _check(images_per_class: int, size: Sequence[int]) -> None:
