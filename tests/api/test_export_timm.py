@@ -17,6 +17,7 @@ from timm.models._hub import save_config_for_hf
 
 from mpcs.api.embed import embed
 from mpcs.api.export import export_encoder
+from mpcs.api.hub import model_card
 from mpcs.cli import main
 from mpcs.engine.loading import load_model
 from mpcs.models.features import read_model_input
@@ -135,6 +136,7 @@ def test_model_card(pretrain_ckpt: Path, finetune_ckpt: Path, tmp_path: Path) ->
     assert "## Evaluation" in card and "| MPCS-OP | 74.38±5.38 |" in card
     assert "### demo, linear: ILA" in card and "figures/tsne.png" not in card
     assert "local-dir:" in card and "@inproceedings{chhipa2023magnification" in card
+    assert "**Loss:** NT-Xent, temperature" in card
     ft = (export_encoder(finetune_ckpt, tmp_path / "ft") / "README.md").read_text()
     assert "fine-tuning of an encoder" in ft and "benign, malignant" in ft
     assert "No evaluation was given" in ft
@@ -151,3 +153,19 @@ def test_export_command(pretrain_ckpt: Path, tmp_path: Path,
     err = capsys.readouterr().err
     assert err.startswith("mpcs export: error: --report") and err.count("\n") == 1
     assert not (tmp_path / "x").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize(("method", "loss", "pairs"), [
+    ("vicreg", "**Loss:** VICReg: invariance 25.0, variance 25.0, covariance 1.0",
+     "Ordered Pair (OP)"),
+    ("simclr", "**Loss:** NT-Xent, temperature 0.5", "none: both views come from one image")])
+def test_model_card_names_the_method_and_loss_of_the_run(method: str, loss: str,
+                                                         pairs: str) -> None:
+    config = {"encoder_name": "resnet18", "checkpoint_kind": "mpcs-pretrain",
+              "architecture": "resnet18", "model_args": {}, "num_features": 512,
+              "input_size": 64, "source_checkpoint": "/x/last.pt"}
+    meta = {"epoch": 2, "config": {"method": method, "pairs": {"strategy": "ordered"},
+                                   "loss": {"temperature": 0.5}, "train": {"epochs": 2}}}
+    card = model_card(config, meta, params=11_000_000)
+    assert loss in card and f"**Pair strategy:** {pairs}" in card
+    assert (method == "simclr") == ("NT-Xent" in card)

@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from mpcs import __version__
-from mpcs.config import get_dotted
+from mpcs.config import PRETRAIN_DEFAULTS, get_dotted, with_defaults
 from mpcs.core.errors import ConfigError
 from mpcs.core.vocab import STRATEGY_DESCRIPTIONS, canonical_strategy
+from mpcs.methods import method_class
 from mpcs.models.encoders import Encoder
 
 __all__ = ["model_card", "read_report", "timm_config"]
@@ -130,16 +131,16 @@ def read_report(path: str | os.PathLike[str]) -> str:
 def _pretrain_details(meta: Mapping[str, Any], patients: int | None) -> dict[str, str]:
     cfg = meta.get("config", {})
     strategy = get_dotted(cfg, "pairs.strategy", "?")
-    method = get_dotted(cfg, "method", "mpcs")
+    cls = method_class(str(get_dotted(cfg, "method", "mpcs")))
+    method = cls.describe(with_defaults(cfg, PRETRAIN_DEFAULTS))  # options added since
+    pairs = ("none: both views come from one image" if cls.same_image else
+             STRATEGY_DESCRIPTIONS.get(canonical_strategy(str(strategy)), str(strategy)))
     details = {
-        "Method": ("MPCS (Magnification Prior Contrastive Similarity): a positive pair is one "
-                   "tissue sample seen at two magnifications" if method == "mpcs" else
-                   f"{method} on magnification pairs"),
-        "Pair strategy": STRATEGY_DESCRIPTIONS.get(canonical_strategy(str(strategy)),
-                                                   str(strategy)),
+        "Method": method["method"],
+        "Pair strategy": pairs,
         "Epochs": f"{meta.get('epoch', '?')} of {get_dotted(cfg, 'train.epochs', '?')} configured",
         "Batch size": str(get_dotted(cfg, "train.batch_size", "?")),
-        "Loss": f"NT-Xent, temperature {get_dotted(cfg, 'loss.temperature', '?')}",
+        "Loss": method["loss"],
         "Optimiser": f"{get_dotted(cfg, 'optim.name', '?')}, lr {get_dotted(cfg, 'optim.lr', '?')}",
         "Initialisation": str(get_dotted(cfg, "model.weights", "?")),
         "Pre-training data": "BreakHis v1 layout (histopathology, 40X/100X/200X/400X)"

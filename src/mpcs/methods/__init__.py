@@ -30,7 +30,7 @@ from mpcs.methods.barlow_twins import BarlowTwinsMethod
 from mpcs.methods.base import PairMethod, option
 from mpcs.methods.byol import BYOLMethod
 from mpcs.methods.mpcs import MPCSMethod
-from mpcs.methods.registry import create_method, list_methods, register_method
+from mpcs.methods.registry import create_method, list_methods, method_class, register_method
 from mpcs.methods.simclr import SimCLRMethod
 from mpcs.methods.simsiam import SimSiamMethod, SimSiamProjector
 from mpcs.methods.vicreg import VICRegMethod
@@ -39,4 +39,4 @@ METHODS: tuple[str, ...] = tuple(list_methods())
 
 __all__ = ["METHODS", "BYOLMethod", "BarlowTwinsMethod", "MPCSMethod", "PairMethod",
            "SimCLRMethod", "SimSiamMethod", "SimSiamProjector", "VICRegMethod", "create_method",
-           "list_methods", "option", "register_method"]
+           "list_methods", "method_class", "option", "register_method"]

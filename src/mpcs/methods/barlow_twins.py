@@ -22,6 +22,12 @@ class BarlowTwinsMethod(PairMethod):
 
     name = "barlow_twins"
 
+    @classmethod
+    def describe(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
+        return {"method": "Barlow Twins on magnification pairs",
+                "loss": "Barlow Twins: cross-correlation of the two projections pushed to the "
+                        f"identity, off-diagonal weight {option(cfg, 'barlow_lambda')}"}
+
     def __init__(self, encoder: Encoder, head: ProjectionHead, lambda_offdiag: float = 5e-3,
                  channels_last: bool = False) -> None:
         super().__init__(encoder, head, channels_last)
@@ -36,7 +42,7 @@ class BarlowTwinsMethod(PairMethod):
         self.loss_fn.gather_distributed = enabled
 
 
-@register_method("barlow_twins")
+@register_method("barlow_twins", BarlowTwinsMethod)
 def build_barlow_twins(cfg: Mapping[str, Any]) -> BarlowTwinsMethod:
     m = backbone(cfg)
     return BarlowTwinsMethod(m.encoder, m.head, option(cfg, "barlow_lambda"),

@@ -75,6 +75,12 @@ class PairMethod(nn.Module, ABC):
     name: ClassVar[str] = ""
     same_image: ClassVar[bool] = False
 
+    @classmethod
+    @abstractmethod
+    def describe(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
+        """``{"method": ..., "loss": ...}``: one line each for a model card, from a resolved
+        pre-training configuration ``cfg`` (the options this method reads)."""
+
     def __init__(self, encoder: Encoder, head: ProjectionHead, channels_last: bool = False
                  ) -> None:
         super().__init__()

@@ -45,6 +45,13 @@ class BYOLMethod(PairMethod):
 
     name = "byol"
 
+    @classmethod
+    def describe(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
+        return {"method": "BYOL on magnification pairs (online network with predictor, "
+                          f"momentum target from {option(cfg, 'momentum')} rising to 1)",
+                "loss": "BYOL: normalised squared error between the online prediction of one "
+                        "magnification and the target projection of the other, symmetrised"}
+
     def __init__(self, encoder: Encoder, head: ProjectionHead, predictor: ProjectionHead,
                  momentum: float = 0.99, channels_last: bool = False) -> None:
         super().__init__(encoder, head, channels_last)
@@ -82,7 +89,7 @@ class BYOLMethod(PairMethod):
         return {"momentum": self.momentum}
 
 
-@register_method("byol")
+@register_method("byol", BYOLMethod)
 def build_byol(cfg: Mapping[str, Any]) -> BYOLMethod:
     m = backbone(cfg)
     return BYOLMethod(m.encoder, m.head, predictor(cfg), option(cfg, "momentum"),

@@ -37,6 +37,12 @@ class MPCSMethod(PairMethod):
 
     name = "mpcs"
 
+    @classmethod
+    def describe(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
+        return {"method": "MPCS (Magnification Prior Contrastive Similarity): a positive pair "
+                          "is one tissue sample seen at two magnifications",
+                "loss": f"NT-Xent, temperature {cfg['loss']['temperature']}"}
+
     def __init__(self, encoder: Encoder, head: ProjectionHead, temperature: float = 0.1,
                  channels_last: bool = False) -> None:
         super().__init__(encoder, head, channels_last)
@@ -53,7 +59,7 @@ class MPCSMethod(PairMethod):
         self.loss_fn.gather_distributed = enabled
 
 
-@register_method("mpcs")
+@register_method("mpcs", MPCSMethod)
 def build_mpcs(cfg: Mapping[str, Any]) -> MPCSMethod:
     m = backbone(cfg)
     return MPCSMethod(m.encoder, m.head, cfg["loss"]["temperature"],

@@ -1,7 +1,7 @@
 """Methods by name (timm style): each method's file registers its builder beside it.
 
 Adding a method: one new file in :mod:`mpcs.methods` with a :class:`~mpcs.methods.base.PairMethod`
-subclass and a builder decorated with ``@register_method("name")``, plus its import in
+subclass and a builder decorated with ``@register_method("name", TheClass)``, plus its import in
 ``mpcs/methods/__init__.py`` (which runs the registration).
 """
 
@@ -15,12 +15,23 @@ from mpcs.methods.base import PairMethod
 
 Builder = Callable[[Mapping[str, Any]], PairMethod]
 _REGISTRY: dict[str, Builder] = {}
+_CLASSES: dict[str, type[PairMethod]] = {}
 
 
-def register_method(name: str) -> Callable[[Builder], Builder]:
-    """Decorator: register a builder ``fn(cfg) -> PairMethod`` under ``name``."""
+def register_method(name: str, method: type[PairMethod]) -> Callable[[Builder], Builder]:
+    """Decorator: register a builder ``fn(cfg) -> method`` under ``name`` (``method.name``).
+
+    Raises:
+        ValueError: ``name`` is not ``method.name``, or is taken.
+    """
+    if name != method.name:
+        raise ValueError(f"method {method.__name__} is named {method.name!r}, not {name!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"a method named {name!r} is registered already")
+
     def wrap(fn: Builder) -> Builder:
         _REGISTRY[name] = fn
+        _CLASSES[name] = method
         return fn
     return wrap
 
@@ -28,6 +39,22 @@ def register_method(name: str) -> Callable[[Builder], Builder]:
 def list_methods() -> list[str]:
     """Registered method names."""
     return list(_REGISTRY)
+
+
+def method_class(name: str) -> type[PairMethod]:
+    """The class of method ``name`` (its ``same_image`` and :meth:`~PairMethod.describe`).
+
+    Raises:
+        ConfigError: for an unknown name.
+    """
+    try:
+        return _CLASSES[name]
+    except KeyError:
+        raise ConfigError(_unknown(name)) from None
+
+
+def _unknown(name: str) -> str:
+    return f"unknown method {name!r}; choose one of {', '.join(_REGISTRY)}"
 
 
 def create_method(name: str, cfg: Mapping[str, Any]) -> PairMethod:
@@ -40,6 +67,5 @@ def create_method(name: str, cfg: Mapping[str, Any]) -> PairMethod:
     try:
         builder = _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown method {name!r}; choose one of "
-                          f"{', '.join(_REGISTRY)}") from None
+        raise ConfigError(_unknown(name)) from None
     return builder(cfg)

@@ -51,6 +51,13 @@ class SimCLRMethod(MPCSMethod):
     name = "simclr"
     same_image = True
 
+    @classmethod
+    def describe(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
+        return {"method": "SimCLR: a positive pair is two random crops and augmentations of "
+                          "the same image (crop area fraction "
+                          f"{list(option(cfg, 'simclr_crop_scale'))})",
+                "loss": f"NT-Xent, temperature {cfg['loss']['temperature']}"}
+
     def __init__(self, encoder: Encoder, head: ProjectionHead, temperature: float = 0.1,
                  crop_scale: tuple[float, float] = (0.35, 1.0), channels_last: bool = False
                  ) -> None:
@@ -79,7 +86,7 @@ class SimCLRMethod(MPCSMethod):
         return out[0], out[1]
 
 
-@register_method("simclr")
+@register_method("simclr", SimCLRMethod)
 def build_simclr(cfg: Mapping[str, Any]) -> SimCLRMethod:
     m = backbone(cfg)
     return SimCLRMethod(m.encoder, m.head, cfg["loss"]["temperature"],

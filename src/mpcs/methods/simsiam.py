@@ -32,6 +32,13 @@ class SimSiamMethod(PairMethod):
 
     name = "simsiam"
 
+    @classmethod
+    def describe(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
+        return {"method": "SimSiam on magnification pairs (projector and predictor, no "
+                          "negatives, no momentum encoder)",
+                "loss": "SimSiam: symmetric negative cosine similarity, gradient stopped "
+                        "through the projections"}
+
     def __init__(self, encoder: Encoder, head: ProjectionHead, predictor: ProjectionHead,
                  channels_last: bool = False) -> None:
         super().__init__(encoder, head, channels_last)
@@ -48,7 +55,7 @@ class SimSiamMethod(PairMethod):
         ranks' gradients is the global batch's gradient."""
 
 
-@register_method("simsiam")
+@register_method("simsiam", SimSiamMethod)
 def build_simsiam(cfg: Mapping[str, Any]) -> SimSiamMethod:
     m = backbone(cfg)
     head = SimSiamProjector(m.head.in_dim, list(m.head.hidden_dims), m.head.out_dim)

@@ -21,6 +21,12 @@ class VICRegMethod(PairMethod):
 
     name = "vicreg"
 
+    @classmethod
+    def describe(cls, cfg: Mapping[str, Any]) -> dict[str, str]:
+        lam, mu, nu = option(cfg, "vicreg_weights")
+        return {"method": "VICReg on magnification pairs",
+                "loss": f"VICReg: invariance {lam}, variance {mu}, covariance {nu}"}
+
     def __init__(self, encoder: Encoder, head: ProjectionHead,
                  weights: Sequence[float] = (25.0, 25.0, 1.0), channels_last: bool = False
                  ) -> None:
@@ -37,7 +43,7 @@ class VICRegMethod(PairMethod):
         self.loss_fn.gather_distributed = enabled
 
 
-@register_method("vicreg")
+@register_method("vicreg", VICRegMethod)
 def build_vicreg(cfg: Mapping[str, Any]) -> VICRegMethod:
     m = backbone(cfg)
     return VICRegMethod(m.encoder, m.head, tuple(option(cfg, "vicreg_weights")),
