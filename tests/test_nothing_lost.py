@@ -26,6 +26,7 @@ import pytest
 import torch
 from PIL import Image
 
+import mpcs.api.embed as embed_mod
 import mpcs.api.predict as inference_mod
 import mpcs.core.checkpoint as checkpoint_mod
 import mpcs.engine.downstream as downstream_mod
@@ -379,7 +380,7 @@ def test_resume_of_a_run_without_a_fingerprint_goes_on_with_a_note(
 # --------------------------------------------------------------------------- 7: full disk
 
 
-@pytest.mark.parametrize("command", ["predict", "splits", "finetune"])
+@pytest.mark.parametrize("command", ["predict", "embed", "splits", "finetune"])
 def test_read_only_output_folder_is_one_line_and_exit_2(
         command: str, grid: tuple[Path, Path], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
@@ -391,6 +392,11 @@ def test_read_only_output_folder_is_one_line_and_exit_2(
         monkeypatch.setattr(inference_mod, "load_model", fail("predicted before checking --out"))
         out = folder / "predictions.csv"
         args = ["predict", "--checkpoint", str(tmp_path / "best.pt"), "--images", str(data),
+                "--out", str(out), "--quiet"]
+    elif command == "embed":
+        monkeypatch.setattr(embed_mod, "load_model", fail("embedded before checking --out"))
+        out = folder / "features.csv"
+        args = ["embed", "--checkpoint", str(tmp_path / "last.pt"), "--images", str(data),
                 "--out", str(out), "--quiet"]
     elif command == "splits":
         out = folder / "splits.json"

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 
 from mpcs.api.tables import TableWriter, check_suffix, meta_frame, skipped_note
+from mpcs.core.io import check_output_file
 from mpcs.data.images import list_images
 from mpcs.engine.loading import load_model
 from mpcs.models.features import batching, inference_device, run_on_files
@@ -46,9 +47,11 @@ def embed(checkpoint: PathLike, images: PathLike | Iterable[PathLike], out_path:
         ConfigError: an output suffix other than .csv/.parquet, or .parquet without pyarrow.
         CheckpointError: an unusable checkpoint.
         DataError: no images, or an unreadable one (without ``skip_bad``), named.
+        OutputError: the folder of ``out_path`` cannot be written (checked before any work).
     """
     out = Path(out_path)
     check_suffix(out, (".parquet", ".csv"))
+    check_output_file(out)
     device = inference_device(device)
     batching(batch_size, workers)  # refused before any work
     loaded = load_model(checkpoint)
