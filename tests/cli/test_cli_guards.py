@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import sklearn.manifold
+from PIL import Image
 
 import mpcs.data.synth.breakhis as synth_module
 import mpcs.data.synth.transfer as synth_transfer
@@ -235,14 +236,15 @@ def test_export_into_a_new_or_existing_folder_still_works(ckpt: Path, tmp_path: 
         assert {p.name for p in out.iterdir()} == {"model.safetensors", "config.json", "README.md"}
 
 
-@pytest.mark.parametrize("command", ["embed", "export"])
+@pytest.mark.parametrize("command", ["embed", "predict", "gradcam", "export"])
 def test_a_folder_given_as_checkpoint_says_it_is_a_folder(
         command: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "last.pt").write_bytes(b"")
-    out = tmp_path / ("o.csv" if command == "embed" else "o")
-    args = ["--images", str(tmp_path)] if command == "embed" else []
+    out = tmp_path / ("o.csv" if command in ("embed", "predict") else "o")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    args = ["--images", str(tmp_path / "a.png")] if command != "export" else []
     assert main([command, "--checkpoint", str(run), "--out", str(out), *args]) == 2
     line = _one_error_line(capsys.readouterr().err, command)
     assert "is a folder" in line and "not found" not in line

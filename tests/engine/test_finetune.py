@@ -469,3 +469,7 @@ def test_finetune_starts_from_the_pretrained_encoder(synth, parts, tmp_path,
     with pytest.raises(ConfigError, match="neither"):  # a new folder: out holds a run
         finetune(tiny_cfg(), train, val, test, tmp_path / "ft2", init=str(tmp_path / "missing.pt"),
                  progress=False)
+    # the pre-training run's folder instead of its checkpoint: named, with the file it holds
+    with pytest.raises(CheckpointError, match=f"is a folder.*did you mean {ckpt}"):
+        finetune(tiny_cfg(), train, val, test, tmp_path / "ft3", init=str(ckpt.parents[1]),
+                 progress=False)

@@ -107,9 +107,29 @@ def torch_load_safely(path: Path, what: str = "mpcs checkpoint") -> Any:
         raise _refusal(path, str(e), what) from None
 
 
+def refuse_folder(path: Path) -> None:
+    """A folder is not a checkpoint: say so, and name the checkpoint it probably holds.
+
+    Raises:
+        CheckpointError: ``path`` is a folder.
+    """
+    if not path.is_dir():
+        return
+    inside = [p for p in (path / "best.pt", path / "checkpoints" / "last.pt") if p.is_file()]
+    hint = f"; did you mean {inside[0]}?" if inside else (
+        "; give a checkpoint file (a run's checkpoints/last.pt or a fine-tuned best.pt)")
+    raise CheckpointError(f"{path}: is a folder, not a checkpoint file{hint}")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code from the file)."""
+    """Load a checkpoint with ``weights_only=True`` (no arbitrary code from the file).
+
+    Raises:
+        CheckpointError: a missing file, a folder (naming the checkpoint it holds), a refused
+            or unreadable file, or not a dict (one line naming ``path``).
+    """
     path = Path(path)
+    refuse_folder(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     state = torch_load_safely(path)

@@ -14,7 +14,7 @@ from typing import Any
 import timm
 import torch
 
-from mpcs.core.checkpoint import FINETUNE_KIND, PRETRAIN_KIND, load_checkpoint
+from mpcs.core.checkpoint import FINETUNE_KIND, PRETRAIN_KIND, load_checkpoint, refuse_folder
 from mpcs.core.errors import ConfigError
 from mpcs.engine.loading import load_finetuned
 from mpcs.engine.pretrain import load_pretrained
@@ -54,6 +54,7 @@ def _named_init(kind: str, name: str, cfg: Mapping[str, Any]) -> tuple[Encoder, 
 
 def _file_init(path: Path, text: str, name: str) -> tuple[Encoder, dict[str, Any]]:
     """The encoder of a fine-tuned or pre-training checkpoint, or an encoder state dict."""
+    refuse_folder(path)  # names the checkpoint a run folder holds
     if not path.is_file():
         raise ConfigError(f"init {text!r} is neither 'imagenet', 'none' nor an existing "
                           "checkpoint file")

@@ -44,7 +44,7 @@ from mpcs.models.features import file_features
 
 __all__ = ["FINETUNE_KIND", "PRETRAIN_KIND", "LoadedModel", "compute_features",
            "load_encoder_from_checkpoint", "load_finetuned", "load_model", "load_pretrained",
-           "read_state", "refuse_folder"]
+           "read_state"]
 
 PathLike = str | os.PathLike[str]
 
@@ -70,20 +70,6 @@ class LoadedModel:
     classifier: torch.nn.Module | None
     class_names: list[str] = field(default_factory=list)
     path: Path = Path()
-
-
-def refuse_folder(path: Path) -> None:
-    """A folder is not a checkpoint: say so, and name the checkpoint it probably holds.
-
-    Raises:
-        CheckpointError: ``path`` is a folder.
-    """
-    if not path.is_dir():
-        return
-    inside = [p for p in (path / "best.pt", path / "checkpoints" / "last.pt") if p.is_file()]
-    hint = f"; did you mean {inside[0]}?" if inside else (
-        "; give a checkpoint file (a run's checkpoints/last.pt or a fine-tuned best.pt)")
-    raise CheckpointError(f"{path}: is a folder, not a checkpoint file{hint}")
 
 
 def read_state(path: PathLike) -> dict[str, Any]:
@@ -170,7 +156,6 @@ def load_model(path: PathLike) -> LoadedModel:
             (names it).
     """
     path = Path(path)
-    refuse_folder(path)
     state = read_state(path)
     kind = checkpoint_kind(state)
     if kind == FINETUNE_KIND:
