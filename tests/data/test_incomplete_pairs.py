@@ -21,7 +21,7 @@ from mpcs.data.pairs.sources import (
     create_row_sampler,
     load_scale_source,
 )
-from mpcs.data.pairs.zoom import list_images
+from mpcs.data.pairs.zoom import zoom_image_table
 from mpcs.engine.distributed import SINGLE
 from mpcs.engine.pair_data import epoch_plan, find_pair_sources
 from mpcs.engine.pair_data import load_pair_data as _load_pair_data
@@ -137,7 +137,7 @@ def only_100x(tmp_path_factory: pytest.TempPathFactory, tiny_breakhis: Path) -> 
 
 
 def test_zoom_on_a_100x_only_tree_takes_its_100x_images(only_100x: Path, tmp_path: Path) -> None:
-    table = list_images(only_100x)
+    table = zoom_image_table(only_100x)
     assert len(table) == 12 and set(table["magnification"]) == {"100X"}
     patients = sorted(set(table["patient_id"]))[:3]
     cfg = resolve(preset="cpu-small", overrides=[*TINY_OVERRIDES, "data.source=zoom",
@@ -152,7 +152,7 @@ def test_zoom_on_a_100x_only_tree_takes_its_100x_images(only_100x: Path, tmp_pat
 def test_zoom_refuses_an_unknown_patient(tiny_breakhis: Path) -> None:
     cfg = resolve(overrides=["data.source=zoom", "data.input_size=16",
                              "pairs.scale_range=[1.0, 2.0]", "pairs.strategy=continuous"])
-    cfg["data"]["patients"] = [*sorted(set(list_images(tiny_breakhis)["patient_id"])),
+    cfg["data"]["patients"] = [*sorted(set(zoom_image_table(tiny_breakhis)["patient_id"])),
                                "99-99999"]
     with pytest.raises(DataError, match="patients not in the data set: 99-99999"):
         load_scale_source(cfg, tiny_breakhis, progress=False)
@@ -167,14 +167,14 @@ def test_zoom_magnification_missing_at_one_patient(tmp_path: Path, tiny_breakhis
     cfg = resolve(overrides=["data.source=zoom", "data.zoom_magnification=100X",
                              "data.input_size=16", "pairs.scale_range=[1.0, 2.0]",
                              "pairs.strategy=continuous"])
-    cfg["data"]["patients"] = sorted(set(list_images(root, "all")["patient_id"]))
+    cfg["data"]["patients"] = sorted(set(zoom_image_table(root, "all")["patient_id"]))
     with pytest.raises(DataError,
                        match=f"have no image at 100X: {patient}.*zoom_magnification=all"):
         load_scale_source(cfg, root, progress=False)
     cfg["data"]["zoom_magnification"] = "lowest"
     assert len(load_scale_source(cfg, root, progress=False)) == 12
     with pytest.raises(ConfigError, match="needs a BreakHis-layout folder"):
-        list_images(next(root.rglob("40X")), "100X")
+        zoom_image_table(next(root.rglob("40X")), "100X")
 
 
 # --------------------------------------------------------------------------- mixed sources

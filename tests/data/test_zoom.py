@@ -21,7 +21,7 @@ from mpcs.data.pairs.zoom import (
     centred_boxes,
     decode_square,
     default_base_size,
-    list_images,
+    zoom_image_table,
     zoom_pair,
 )
 from mpcs.data.transforms.geometry import crop_resize
@@ -81,28 +81,28 @@ def test_list_images_patients_from_folders_or_stems(tmp_path: Path) -> None:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / rel)
     (tmp_path / "notes.txt").write_text("not an image")
-    table = list_images(tmp_path)
+    table = zoom_image_table(tmp_path)
     got = {Path(p).name: pid for p, pid in zip(table["path"], table["patient_id"], strict=True)}
     assert got == {"x.png": "p1", "y.png": "p1", "z.jpg": "p2", "loose.png": "loose"}
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image files"):
-        list_images(tmp_path / "empty")
+        zoom_image_table(tmp_path / "empty")
 
 
 def test_list_images_of_breakhis_takes_each_patients_lowest_magnification(
         tiny_breakhis: Path) -> None:
-    table = list_images(tiny_breakhis)  # the default: every patient has 40X here
+    table = zoom_image_table(tiny_breakhis)  # the default: every patient has 40X here
     assert len(table) == 12 and all("-40-" in Path(p).name for p in table["path"])
     assert table["patient_id"].nunique() == 4
-    assert len(list_images(tiny_breakhis, "all")) == 48
-    only = list_images(tiny_breakhis, "200X")
+    assert len(zoom_image_table(tiny_breakhis, "all")) == 48
+    only = zoom_image_table(tiny_breakhis, "200X")
     assert len(only) == 12 and all("-200-" in Path(p).name for p in only["path"])
 
 
 def test_zoom_pair_data_bad_image_policy(tmp_path: Path) -> None:
     Image.fromarray(np.full((30, 30, 3), 128, np.uint8)).save(tmp_path / "ok.png")
     (tmp_path / "bad.png").write_bytes(b"broken")
-    table = list_images(tmp_path)
+    table = zoom_image_table(tmp_path)
     with pytest.raises(DataError, match="bad.png"):
         ZoomPairData(table, 16, 32, progress=False)
     data = ZoomPairData(table, 16, 32, progress=False, on_bad_image="skip")

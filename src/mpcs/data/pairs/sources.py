@@ -43,7 +43,7 @@ from mpcs.data.pairs.samplers import (
     scales_of,
 )
 from mpcs.data.pairs.wsi import WSIOptions, WSIPairData, list_slides
-from mpcs.data.pairs.zoom import ZoomPairData, default_base_size, list_images
+from mpcs.data.pairs.zoom import ZoomPairData, default_base_size, zoom_image_table
 from mpcs.data.transforms import to_float
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def load_scale_source(cfg: Mapping[str, Any], data_dir: str | Path, progress: bo
     d = cfg["data"]
     source = source_names(cfg)[-1] if source is None else source
     if source == "zoom":
-        images = list_images(data_dir, d["zoom_magnification"])
+        images = zoom_image_table(data_dir, d["zoom_magnification"])
         images = _restrict(images, d["patients"], data_dir)
         log.info("zoom: %d images of %d patients (data.zoom_magnification=%s)", len(images),
                  images["patient_id"].nunique(), d["zoom_magnification"])

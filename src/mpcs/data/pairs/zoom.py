@@ -98,7 +98,8 @@ def decode_square(path: str | os.PathLike[str], side: int) -> np.ndarray:
 ZOOM_MAGNIFICATIONS = ("all", "lowest", *MAGNIFICATIONS)
 
 
-def list_images(root: str | os.PathLike[str], magnification: str = "lowest") -> pd.DataFrame:
+def zoom_image_table(root: str | os.PathLike[str], magnification: str = "lowest"
+                     ) -> pd.DataFrame:
     """Image files under ``root`` with a ``patient_id`` each.
 
     A BreakHis-layout tree gives its images at ``magnification``: ``all`` of them, each
@@ -163,14 +164,14 @@ class ZoomPairData:
     """Pair source of synthetic magnifications: base images uint8 ``[S, 3, B, B]``.
 
     Args:
-        images: table with ``path`` and ``patient_id`` (see :func:`list_images`).
+        images: table with ``path`` and ``patient_id`` (see :func:`zoom_image_table`).
         input_size: side of the views returned by :meth:`views`.
         base_size: side ``B`` of the decoded base images.
         on_bad_image: ``"error"`` raises on an unreadable file; ``"skip"`` leaves it out
             (``dropped``: ``(path, path, reason)``).
 
     Example:
-        >>> data = ZoomPairData(list_images("my_patches"), 48, 192)   # doctest: +SKIP
+        >>> data = ZoomPairData(zoom_image_table("my_patches"), 48, 192)   # doctest: +SKIP
         >>> v1, v2 = data.views(np.arange(8), s1, s2, rng)            # doctest: +SKIP
     """
 
