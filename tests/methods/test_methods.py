@@ -11,7 +11,15 @@ from mpcs.core.errors import ConfigError
 from mpcs.data.transforms import AugmentConfig, UniformPairAugment
 from mpcs.engine.pretrain import build_model
 from mpcs.losses import NTXentLoss
-from mpcs.methods import BYOLMethod, PairMethod, create_method, list_methods
+from mpcs.methods import (
+    BYOLMethod,
+    MPCSMethod,
+    PairMethod,
+    create_method,
+    list_methods,
+    method_class,
+    register_method,
+)
 from mpcs.methods.byol import cosine_momentum
 from mpcs.models import create_mpcs_model
 from tests.conftest import TINY_OVERRIDES
@@ -35,6 +43,30 @@ def test_registry_lists_every_method() -> None:
         create_method("moco", _cfg("mpcs"))
     with pytest.raises(ConfigError, match="method"):
         _cfg("moco")
+
+
+def test_each_method_describes_its_own_loss() -> None:
+    cfg = resolve(kind="pretrain")
+    expected = {"mpcs": "NT-Xent", "simclr": "NT-Xent", "byol": "BYOL", "simsiam": "SimSiam",
+                "barlow_twins": "Barlow Twins", "vicreg": "VICReg"}
+    assert set(expected) == set(list_methods())
+    for name, loss in expected.items():
+        cls = method_class(name)
+        text = cls.describe({**cfg, "method": name})
+        assert cls.name == name and text["loss"].startswith(loss), (name, text)
+        assert text["method"] and (name == "mpcs") == text["method"].startswith("MPCS")
+    loss = method_class("mpcs").describe({**cfg, "loss": {"temperature": 0.25}})["loss"]
+    assert loss == "NT-Xent, temperature 0.25"
+    with pytest.raises(ConfigError, match="unknown method 'moco'"):
+        method_class("moco")
+
+
+def test_a_registration_must_name_its_class() -> None:
+    with pytest.raises(ValueError, match="is named 'mpcs', not 'mine'"):
+        register_method("mine", MPCSMethod)
+    with pytest.raises(ValueError, match="registered already"):
+        register_method("mpcs", MPCSMethod)
+    assert "mine" not in list_methods()
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -200,12 +232,11 @@ def test_compare_methods_writes_the_table(tmp_path) -> None:
     from mpcs.data.synth.breakhis import SynthConfig
     from mpcs.evaluation.methods_compare import compare_methods
 
-    results = compare_methods(
-        tmp_path, ["mpcs", "vicreg"], epochs=1,
-        overrides=["data.input_size=32", "train.batch_size=8", "train.threads=1",
-                   "schedule.warmup_epochs=0"],
-        synth=SynthConfig(patients=8, samples_per_patient=2, image_size=(48, 32), seed=2),
-        progress=False)
+    overrides = ["data.input_size=32", "train.batch_size=8", "train.threads=1",
+                 "schedule.warmup_epochs=0"]
+    synth = SynthConfig(patients=8, samples_per_patient=2, image_size=(48, 32), seed=2)
+    results = compare_methods(tmp_path, ["mpcs", "vicreg"], epochs=1, overrides=overrides,
+                              synth=synth, progress=False)
     assert list(results["method"].unique()) == ["random init", "MPCS-OP", "VICReg (mag. pairs)"]
     assert results["ila"].between(0, 1).all() and (results["test_images"] > 0).all()
     table = (tmp_path / "methods.md").read_text()
@@ -214,3 +245,19 @@ def test_compare_methods_writes_the_table(tmp_path) -> None:
     assert list(runs["preset"]) == ["cpu-small", "cpu-small-vicreg"]
     with pytest.raises(ConfigError, match="unknown method"):
         compare_methods(tmp_path / "x", ["moco"])
+    # a second run into the same folder: refused before any work, naming --resume ...
+    with pytest.raises(ConfigError, match="runs of mpcs, vicreg.*add --resume"):
+        compare_methods(tmp_path, ["mpcs"], epochs=1, overrides=overrides, synth=synth,
+                        progress=False)
+    # ... which keeps the finished methods (same checkpoints, same rows) and adds new ones
+    before = {m: (tmp_path / "runs" / m / "checkpoints" / "last.pt").stat().st_mtime_ns
+              for m in ("mpcs", "vicreg")}
+    again = compare_methods(tmp_path, ["mpcs", "vicreg", "byol"], epochs=1,
+                            overrides=overrides, synth=synth, progress=False, resume=True)
+    assert {m: (tmp_path / "runs" / m / "checkpoints" / "last.pt").stat().st_mtime_ns
+            for m in ("mpcs", "vicreg")} == before
+    pd.testing.assert_frame_equal(again[again["method"] != "BYOL (mag. pairs)"]
+                                  .reset_index(drop=True), results)
+    rerun = pd.read_csv(tmp_path / "methods_runs.csv")
+    assert list(rerun["preset"]) == ["cpu-small", "cpu-small-vicreg", "cpu-small-byol"]
+    assert rerun["seconds"].iloc[:2].tolist() == runs["seconds"].tolist()

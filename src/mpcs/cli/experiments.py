@@ -36,10 +36,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_compare_methods(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     compare_methods(args.out, methods, epochs=args.epochs, overrides=args.set or [],
-                    progress=not args.quiet)
+                    progress=not args.quiet, resume=args.resume)
     if args.wsi_epochs:
         wsi_pretrain_demo(Path(args.out) / "wsi", epochs=args.wsi_epochs,
-                          overrides=args.set or [], progress=not args.quiet)
+                          overrides=args.set or [], progress=not args.quiet,
+                          resume=args.resume)
     return 0
 
 

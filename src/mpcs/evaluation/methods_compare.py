@@ -13,12 +13,17 @@ whole-slide pre-training run on a generated slide.
 4. ``OUT/methods.csv`` and ``OUT/methods.md`` (a markdown table with pre-training time and
    final loss), plus each run's ``metrics.jsonl`` under ``OUT/runs/<method>``.
 
+A folder that holds runs is refused unless ``resume``: each method's run then continues from
+its last checkpoint, and a finished one (``OUT/runs/<method>/compare.json``) is kept.
+
 ``wsi_pretrain_demo`` writes a pyramidal TIFF slide tiled from synthetic tissue and
 pre-trains on it with ``data.source=wsi`` and continuous scales.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +45,8 @@ from mpcs.data.synth.breakhis import SynthConfig, patient_specs, render_sample, 
 from mpcs.engine.pretrain import build_model, load_pretrained, pretrain
 from mpcs.evaluation.demo import DEMO_DATA, probe_table, split_patients
 from mpcs.models.features import extract_features
+
+log = logging.getLogger(__name__)
 
 #: The grid: method -> pre-training preset (all ResNet-18, 48 px, Adam, same data).
 METHOD_PRESETS: dict[str, str] = {
@@ -78,14 +85,19 @@ def methods_table(results: pd.DataFrame, runs: pd.DataFrame) -> str:
 def compare_methods(out: str | Path, methods: Sequence[str] = tuple(METHOD_PRESETS),
                     epochs: int | None = None, overrides: Sequence[str] = (),
                     synth: SynthConfig | None = None, test_fraction: float = 0.4,
-                    progress: bool = True) -> pd.DataFrame:
+                    progress: bool = True, resume: bool = False) -> pd.DataFrame:
     """Pre-train each of ``methods`` on the demo data and evaluate it by linear probes on
-    held-out patients; returns the per-magnification results (also written to ``out``)."""
+    held-out patients; returns the per-magnification results (also written to ``out``).
+
+    Raises:
+        ConfigError: an unknown method, or ``out`` holds runs and ``resume`` is not given.
+    """
 
     unknown = [m for m in methods if m not in METHOD_PRESETS]
     if unknown:
         raise ConfigError(f"unknown method(s) {unknown}; choose from {', '.join(METHOD_PRESETS)}")
     out = Path(out)
+    _check_previous_runs(out, resume)
     synth = synth or DEMO_DATA
     root = write_breakhis(out / "data", synth, progress=progress)
     manifest = scan_breakhis(root)
@@ -107,19 +119,13 @@ def compare_methods(out: str | Path, methods: Sequence[str] = tuple(METHOD_PRESE
             feats = extract_features(build_model(cfg).encoder, pixels, size)
             rows += [{**r, "method": "random init"} for r in
                      probe_table("random init", feats, manifest, train_patients, cfg["seed"])]
-        t0 = time.perf_counter()
-        summary = pretrain(cfg, root, out / "runs" / method, progress=progress)
-        seconds = time.perf_counter() - t0
-        enc = load_pretrained(summary["checkpoint"]).encoder
+        run, checkpoint = _pretrain_method(method, cfg, root, out / "runs" / method, resume,
+                                           progress)
+        enc = load_pretrained(checkpoint).encoder
         feats = extract_features(enc, pixels, cfg["data"]["input_size"])
-        label = LABELS[method]
-        rows += [{**r, "method": label} for r in
-                 probe_table(label, feats, manifest, train_patients, cfg["seed"])]
-        runs.append({"method": label, "preset": METHOD_PRESETS[method], "seconds": seconds,
-                     "final_loss": summary["final_loss"], "epochs": summary["epochs"],
-                     "steps": summary["global_step"]})
-        print(f"[compare] {label}: {summary['global_step']} steps in {seconds:.0f} s, "
-              f"final loss {summary['final_loss']:.3f}", flush=True)
+        rows += [{**r, "method": run["method"]} for r in
+                 probe_table(run["method"], feats, manifest, train_patients, cfg["seed"])]
+        runs.append(run)
     results = pd.DataFrame(rows)
     run_table = pd.DataFrame(runs)
     safe_frame(results).to_csv(out / "methods.csv", index=False)
@@ -138,6 +144,45 @@ def compare_methods(out: str | Path, methods: Sequence[str] = tuple(METHOD_PRESE
         f"image- / patient-level accuracy (%).\n\n{table}\n"))
     print("\n" + table, flush=True)
     return results
+
+
+def _plain(cfg: dict[str, Any]) -> Any:
+    """``cfg`` as JSON reads it back (paths as text), to compare with a saved one."""
+    return json.loads(json.dumps(cfg, default=str))
+
+
+def _check_previous_runs(out: Path, resume: bool) -> None:
+    """Refuse, before any work, a folder that holds runs unless they are to be continued."""
+    runs = out / "runs"
+    previous = sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
+    if previous and not resume:
+        raise ConfigError(f"{out} already holds a comparison (runs of {', '.join(previous)}); "
+                          "add --resume to continue it (finished methods are kept) or choose "
+                          "another --out")
+
+
+def _pretrain_method(method: str, cfg: dict[str, Any], root: Path, run_dir: Path,
+                     resume: bool, progress: bool) -> tuple[dict[str, Any], str]:
+    """Pre-train ``method`` in ``run_dir`` (continued on ``resume``; a finished run is
+    kept); returns its row of ``methods_runs.csv`` and its checkpoint."""
+    record = run_dir / "compare.json"
+    if resume and record.is_file():
+        done = json.loads(record.read_text())
+        if done["config"] == _plain(cfg):
+            log.info("%s: finished in an earlier run, kept", LABELS[method])
+            return done["row"], done["checkpoint"]
+        log.info("%s: its settings changed since it finished; continuing it", LABELS[method])
+    t0 = time.perf_counter()
+    summary = pretrain(cfg, root, run_dir, resume=resume, progress=progress)
+    seconds = time.perf_counter() - t0
+    row = {"method": LABELS[method], "preset": METHOD_PRESETS[method], "seconds": seconds,
+           "final_loss": summary["final_loss"], "epochs": summary["epochs"],
+           "steps": summary["global_step"]}
+    atomic_write_text(record, json.dumps({"row": row, "checkpoint": summary["checkpoint"],
+                                          "config": _plain(cfg)}, indent=1))
+    print(f"[compare] {row['method']}: {row['steps']} steps in {seconds:.0f} s, "
+          f"final loss {row['final_loss']:.3f}", flush=True)
+    return row, str(summary["checkpoint"])
 
 
 def synthetic_slide_rgb(grid: tuple[int, int] = (3, 4), tile: int = 256, margin: int = 64,
@@ -160,10 +205,11 @@ def synthetic_slide_rgb(grid: tuple[int, int] = (3, 4), tile: int = 256, margin:
 
 
 def wsi_pretrain_demo(out: str | Path, method: str = "mpcs", epochs: int = 3,
-                      overrides: Sequence[str] = (), progress: bool = True) -> dict[str, Any]:
+                      overrides: Sequence[str] = (), progress: bool = True,
+                      resume: bool = False) -> dict[str, Any]:
     """Write ``out/slides/synthetic-slide.tif`` (pyramidal, 0.5 µm/pixel) and pre-train on
-    it with ``data.source=wsi`` and continuous scales in [1, 4]; returns the summary with
-    the slide path and the run's seconds."""
+    it with ``data.source=wsi`` and continuous scales in [1, 4] (``resume``: continue the
+    run in ``out/run``); returns the summary with the slide path and the run's seconds."""
     out = Path(out)
     (out / "slides").mkdir(parents=True, exist_ok=True)
     slide = write_pyramid_tiff(out / "slides" / "synthetic-slide.tif", synthetic_slide_rgb(),
@@ -173,7 +219,7 @@ def wsi_pretrain_demo(out: str | Path, method: str = "mpcs", epochs: int = 3,
         "pairs.log_scales=true", "wsi.mpp_at_1x=2.0", "wsi.locations_per_slide=128",
         f"train.epochs={epochs}", "train.checkpoint_every=1", *overrides])
     t0 = time.perf_counter()
-    summary = pretrain(cfg, out / "slides", out / "run", progress=progress)
+    summary = pretrain(cfg, out / "slides", out / "run", resume=resume, progress=progress)
     summary.update({"slide": str(slide), "seconds": time.perf_counter() - t0})
     print(f"[wsi] {summary['pair_samples']} tissue locations, {summary['global_step']} steps "
           f"in {summary['seconds']:.0f} s, final loss {summary['final_loss']:.3f}", flush=True)

@@ -34,6 +34,8 @@ def add_compare_methods(sub: Subparsers) -> None:
                    "whole slide for this many epochs (needs the wsi extra)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a value of every method's preset, e.g. train.threads=1")
+    s.add_argument("--resume", action="store_true", help="continue a comparison in --out "
+                   "(finished methods are kept, the others continue from their checkpoint)")
     s.add_argument("--quiet", action="store_true")
 
 
