@@ -141,7 +141,7 @@ def test_test_patient_in_train_is_a_data_error_naming_the_patient(parts, tmp_pat
         check_parts(pd.concat([train, val.iloc[:1]]), val, test)
 
 
-def test_empty_parts_unknown_labels_and_single_class(parts) -> None:
+def test_empty_parts_unknown_labels_and_single_class(parts, caplog) -> None:
     train, val, test = parts
     for i, name in enumerate(("train", "val", "test")):
         args = [train, val, test]
@@ -153,8 +153,17 @@ def test_empty_parts_unknown_labels_and_single_class(parts) -> None:
     weird = train.assign(label="normal")
     with pytest.raises(DataError, match="normal"):
         check_parts(weird, val, test)
-    with pytest.warns(UserWarning, match="single class"):
-        check_parts(train[train["label"] == "benign"], val, test)
+    caplog.clear()
+    check_parts(train, val, test)
+    assert not caplog.records  # two classes in every part: nothing to say
+    check_parts(train[train["label"] == "benign"], val, test)
+    assert "the train part holds a single class (benign" in caplog.text
+    caplog.clear()
+    one = val[val["patient_id"] == val.loc[val["label"] == "malignant", "patient_id"].iloc[0]]
+    check_parts(train, one, test)
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert (f"the val part holds a single class (malignant: {len(one)} images of 1 patient): "
+            "the epoch is selected on one class's images only") in caplog.text
 
 
 # --------------------------------------------------------------------------- augmentation

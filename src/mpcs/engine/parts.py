@@ -8,7 +8,6 @@ parts (:func:`check_parts`).
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +57,8 @@ def check_parts(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
     Raises:
         ConfigError: a part is missing or empty, or lacks a required column.
         DataError: an unknown label, or a patient in two parts (listed).
-    Warns:
-        UserWarning: the training part holds a single class.
+    Logs a warning (once, also where logging is not set up) when the training or the
+    validation part holds a single class.
     """
     parts = {"train": train, "val": val, "test": test}
     for name, df in parts.items():
@@ -72,12 +71,17 @@ def check_parts(train: pd.DataFrame, val: pd.DataFrame, test: pd.DataFrame,
                                               if len(shared) > 20 else "")
             raise DataError(f"patient leakage: {len(shared)} {a} patient(s) also in the {b} "
                             f"part: {shown}. Every patient must be in exactly one part.")
-    classes = sorted(set(map(str, train["label"])))
-    if len(classes) < 2:
-        msg = (f"the train part holds a single class ({classes[0]}): the classifier cannot "
-               "learn to tell the classes apart")
-        log.warning(msg)
-        warnings.warn(msg, UserWarning, stacklevel=3)
+    consequence = {"train": "the classifier cannot learn to tell the classes apart",
+                   "val": "the epoch is selected on one class's images only (a model that "
+                          "predicts that class wins); give the validation part patients of "
+                          "both classes"}
+    for name, why in consequence.items():
+        df = parts[name]
+        classes = sorted(set(map(str, df["label"])))
+        if len(classes) < 2:
+            patients = df["patient_id"].nunique()
+            log.warning("the %s part holds a single class (%s: %d images of %d patient%s): %s",
+                        name, classes[0], len(df), patients, "" if patients == 1 else "s", why)
 
 
 @dataclass
