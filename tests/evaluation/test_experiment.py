@@ -191,6 +191,15 @@ def test_drop_checkpoints_keeps_what_a_failed_or_unfinished_cell_needs(tmp_path:
     assert not list(ckpts.iterdir()) and (unfinished / "best.pt").exists()
 
 
+def test_a_pretraining_that_cannot_start_names_its_fold_and_method(ten_patients: Path,
+                                                                  tmp_path: Path) -> None:
+    cfg = tiny_experiment()
+    cfg["pretrain_overrides"] = [*cfg["pretrain_overrides"], "train.batch_size=512"]
+    with pytest.raises(ConfigError, match=r"^fold 0, pre-training MPCS-OP on the fold's \d+ "
+                       r"training patients: train.batch_size=512 is larger than"):
+        run_experiment(cfg, ten_patients, tmp_path / "exp", progress=False)
+
+
 def test_leaked_pretraining_patient_is_refused(ten_patients: Path, tmp_path: Path) -> None:
     run = tmp_path / "pre"
     run.mkdir()

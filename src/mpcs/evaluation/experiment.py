@@ -98,7 +98,11 @@ def _pretrain_fold(cfg: Mapping[str, Any], data: Path, out: Path, splits: Splits
             finished = False
         if not finished:
             log.info("fold %d: pre-training %s", fold, strategy_label(strategy))
-            summary = pretrain(pcfg, data, run, resume=resume, progress=progress)
+            try:
+                summary = pretrain(pcfg, data, run, resume=resume, progress=progress)
+            except (DataError, ConfigError) as e:  # which fold and run it was, then why
+                raise type(e)(f"fold {fold}, pre-training {strategy_label(strategy)} on the "
+                              f"fold's {len(train_patients)} training patients: {e}") from None
             atomic_write_text(done, json.dumps(summary, indent=1))
         _guard_pretraining(run, train_patients, fold)
         checkpoints[strategy_label(strategy)] = (str(last), pcfg["model"]["encoder"])
