@@ -230,6 +230,26 @@ def test_predict_skip_bad(finetune_ckpt: Path, few_images: Path, tmp_path: Path)
     assert len(df) == 6 and df.attrs["skipped"] == [str(bad)]
 
 
+def test_predict_labels_bcc_and_bach_names_but_not_others(finetune_ckpt: Path,
+                                                           few_images: Path,
+                                                           tmp_path: Path) -> None:
+    png = next(few_images.glob("*.png"))
+    named = {tmp_path / "ytma12_010804_malignant3_ccd.tif": "malignant",  # UCSB BCC
+             tmp_path / "Photos" / "InSitu" / "is012.tif": "InSitu",      # BACH
+             tmp_path / "Benign" / "is001.tif": None,  # a BACH name in another class folder
+             tmp_path / "tile_benign_3.tif": None}
+    for path in named:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        load_rgb(png).save(path)
+    df = predict(finetune_ckpt, list(named), tmp_path / "p.csv", progress=False)
+    written = pd.read_csv(tmp_path / "p.csv")
+    for frame in (df, written):
+        got = dict(zip(frame["path"], frame["label"], strict=True))
+        assert {Path(k): (None if pd.isna(v) else v) for k, v in got.items()} == named
+        assert frame["patient_id"].isna().all()  # no patient in these names
+    assert not patients_path(tmp_path / "p.csv").exists()
+
+
 def test_predict_on_real_breakhis_samples(finetune_ckpt: Path, shared_breakhis: Path,
                                           tmp_path: Path) -> None:
     n = len(list_images(shared_breakhis))

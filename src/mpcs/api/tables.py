@@ -22,6 +22,7 @@ import pandas as pd
 from mpcs.core.errors import ConfigError
 from mpcs.core.io import atomic_file, atomic_path
 from mpcs.core.tables import escape_undecodable, safe_frame
+from mpcs.data.datasets import label_from_name
 from mpcs.data.datasets.breakhis_names import BREAKHIS_FIELDS, breakhis_fields
 
 __all__ = ["TableWriter", "check_suffix", "meta_frame", "skipped_note"]
@@ -51,8 +52,13 @@ def skipped_note(skipped: list[tuple[str, str]]) -> None:
 
 
 def meta_frame(files: Sequence[Path]) -> pd.DataFrame:
-    """``path`` and the BreakHis fields of each file (empty where the name does not parse)."""
+    """``path`` and the BreakHis fields of each file (empty where the name does not parse);
+    the ``label`` also of files named as in another registered data set (UCSB BCC, BACH:
+    :func:`mpcs.data.datasets.label_from_name`)."""
     rows = [{"path": str(f), **breakhis_fields(f)} for f in files]
+    for row, f in zip(rows, files, strict=True):
+        if row["label"] is None:
+            row["label"] = label_from_name(f)
     df = pd.DataFrame(rows, columns=["path", *BREAKHIS_FIELDS])
     df["sequence"] = df["sequence"].astype("Int64")
     return df

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -62,6 +63,19 @@ def read_ground_truth(path: Path) -> dict[str, str]:
                                 f"{', '.join(BACH_CLASSES)})")
             table[name] = label
     return table
+
+
+_PREFIXES = {"n": "Normal", "b": "Benign", "is": "InSitu", "iv": "Invasive"}
+_PHOTO_NAME = re.compile(r"^(n|b|is|iv)\d+\.tiff?$", re.IGNORECASE)
+
+
+def bach_label(path: Path) -> str | None:
+    """The class of a BACH photo named as in the archive and lying in its class folder
+    (``Benign/b001.tif``); None for any other file."""
+    m = _PHOTO_NAME.match(path.name)
+    if m is None or _PREFIXES[m.group(1).lower()] != path.parent.name:
+        return None
+    return path.parent.name
 
 
 def scan_bach(root: str | os.PathLike[str]) -> pd.DataFrame:

@@ -46,6 +46,14 @@ def parse_bcc_name(name: str) -> str:
     return m.group(1).lower()
 
 
+def bcc_label(path: Path) -> str | None:
+    """The label of a file with a BCC name, None for any other name."""
+    try:
+        return parse_bcc_name(path.name)
+    except ValueError:
+        return None
+
+
 def scan_bcc(root: str | os.PathLike[str]) -> pd.DataFrame:
     """Image table of a BCC folder (columns of :func:`mpcs.data.patches.image_manifest`).
 
