@@ -61,12 +61,15 @@ def test_each_method_describes_its_own_loss() -> None:
         method_class("moco")
 
 
-def test_a_registration_must_name_its_class() -> None:
-    with pytest.raises(ValueError, match="is named 'mpcs', not 'mine'"):
-        register_method("mine", MPCSMethod)
-    with pytest.raises(ValueError, match="registered already"):
-        register_method("mpcs", MPCSMethod)
-    assert "mine" not in list_methods()
+def test_a_registration_needs_a_new_name() -> None:
+    class Nameless(MPCSMethod):
+        name = ""
+
+    with pytest.raises(ValueError, match="Nameless has no name"):
+        register_method(Nameless)
+    with pytest.raises(ValueError, match="'mpcs' is registered already"):
+        register_method(MPCSMethod)
+    assert sorted(list_methods()) == sorted(ALL)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -226,7 +229,7 @@ def test_pretrain_runs_each_special_method_and_reloads_it(name: str, tiny_breakh
 
 
 @pytest.mark.slow
-def test_compare_methods_writes_the_table(tmp_path) -> None:
+def test_compare_methods_writes_the_table(tmp_path, monkeypatch) -> None:
     import pandas as pd
 
     from mpcs.data.synth.breakhis import SynthConfig
@@ -261,3 +264,19 @@ def test_compare_methods_writes_the_table(tmp_path) -> None:
     rerun = pd.read_csv(tmp_path / "methods_runs.csv")
     assert list(rerun["preset"]) == ["cpu-small", "cpu-small-vicreg", "cpu-small-byol"]
     assert rerun["seconds"].iloc[:2].tolist() == runs["seconds"].tolist()
+    assert not rerun["continued"].any()
+    # other settings: refused before any pre-training, naming the method and the setting
+    stamp = (tmp_path / "runs" / "byol" / "checkpoints" / "last.pt").stat().st_mtime_ns
+    with pytest.raises(ConfigError, match=r"(?s)compare-methods --resume: byol: .*"
+                       r"train\.epochs: 1 != 2"):
+        compare_methods(tmp_path, ["byol", "mpcs"], epochs=2, overrides=overrides,
+                        synth=synth, progress=False, resume=True)
+    assert (tmp_path / "runs" / "byol" / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    # a run whose end was not recorded (interrupted) is continued, and the table says so;
+    # the folder given another way (relative, from its parent) is the same comparison
+    (tmp_path / "runs" / "vicreg" / "compare.json").unlink()
+    monkeypatch.chdir(tmp_path.parent)
+    compare_methods(tmp_path.name, ["vicreg"], epochs=1, overrides=overrides, synth=synth,
+                    progress=False, resume=True)
+    assert pd.read_csv(tmp_path / "methods_runs.csv")["continued"].tolist() == [True]
+    assert "(last part)" in (tmp_path / "methods.md").read_text()

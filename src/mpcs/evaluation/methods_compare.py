@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mpcs.config import resolve
+from mpcs.config import PRETRAIN_DEFAULTS, resolve
 from mpcs.core.errors import ConfigError
 from mpcs.core.io import atomic_write_text
 from mpcs.core.tables import safe_frame
@@ -42,7 +42,8 @@ from mpcs.data.cache import load_images
 from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.data.pairs.wsi import write_pyramid_tiff
 from mpcs.data.synth.breakhis import SynthConfig, patient_specs, render_sample, write_breakhis
-from mpcs.engine.pretrain import build_model, load_pretrained, pretrain
+from mpcs.engine.pretrain import RESUME_MAY_DIFFER, build_model, load_pretrained, pretrain
+from mpcs.engine.runinfo import check_resumable
 from mpcs.evaluation.demo import DEMO_DATA, probe_table, split_patients
 from mpcs.models.features import extract_features
 
@@ -75,6 +76,9 @@ def methods_table(results: pd.DataFrame, runs: pd.DataFrame) -> str:
         secs = loss = "-"
         if name in info.index:
             secs = f"{info.loc[name, 'seconds']:.0f}"
+            continued = info.loc[name].get("continued", False)
+            if pd.notna(continued) and bool(continued):
+                secs += " (last part)"
             loss = f"{info.loc[name, 'final_loss']:.3f}"
         lines.append(f"| {name} | " + " | ".join(cells)
                      + f" | {100 * g['ila'].mean():.1f} | {100 * g['pla'].mean():.1f} | "
@@ -103,14 +107,16 @@ def compare_methods(out: str | Path, methods: Sequence[str] = tuple(METHOD_PRESE
     manifest = scan_breakhis(root)
     train_patients, test_patients = split_patients(manifest, test_fraction, synth.seed)
     extra = [*overrides, f"data.patients={train_patients}",
-             f"data.cache_dir={out / 'cache'}"]
+             f"data.cache_dir={out.resolve() / 'cache'}"]
     if epochs is not None:
         extra.append(f"train.epochs={epochs}")
+    cfgs = {m: resolve(preset=METHOD_PRESETS[m], overrides=extra) for m in methods}
+    if resume:
+        _check_resumable_runs(out, cfgs)
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     pixels = None
-    for method in methods:
-        cfg = resolve(preset=METHOD_PRESETS[method], overrides=extra)
+    for method, cfg in cfgs.items():
         if pixels is None:  # random init reference: the same seed's untrained encoder
             size = cfg["data"]["input_size"]
             pixels = load_images(manifest["path"].tolist(), size, cache_dir=out / "cache",
@@ -146,11 +152,6 @@ def compare_methods(out: str | Path, methods: Sequence[str] = tuple(METHOD_PRESE
     return results
 
 
-def _plain(cfg: dict[str, Any]) -> Any:
-    """``cfg`` as JSON reads it back (paths as text), to compare with a saved one."""
-    return json.loads(json.dumps(cfg, default=str))
-
-
 def _check_previous_runs(out: Path, resume: bool) -> None:
     """Refuse, before any work, a folder that holds runs unless they are to be continued."""
     runs = out / "runs"
@@ -161,28 +162,42 @@ def _check_previous_runs(out: Path, resume: bool) -> None:
                           "another --out")
 
 
+def _check_resumable_runs(out: Path, cfgs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Before any pre-training: every run in ``out`` that ``cfgs`` continues or keeps was
+    made with the same settings (those ``pretrain --resume`` lets change aside)."""
+    for method, cfg in cfgs.items():
+        try:
+            check_resumable(out / "runs" / method / "config.yaml", cfg, PRETRAIN_DEFAULTS,
+                            RESUME_MAY_DIFFER)
+        except ConfigError as e:
+            raise ConfigError(f"compare-methods --resume: {method}: {e}") from None
+
+
 def _pretrain_method(method: str, cfg: dict[str, Any], root: Path, run_dir: Path,
-                     resume: bool, progress: bool) -> tuple[dict[str, Any], str]:
+                     resume: bool, progress: bool) -> tuple[dict[str, Any], Path]:
     """Pre-train ``method`` in ``run_dir`` (continued on ``resume``; a finished run is
-    kept); returns its row of ``methods_runs.csv`` and its checkpoint."""
+    kept); returns its row of ``methods_runs.csv`` and its checkpoint. ``seconds`` is the
+    wall time of this call's part; ``continued`` says an earlier call made the first part."""
     record = run_dir / "compare.json"
-    if resume and record.is_file():
+    if resume and record.is_file():  # its settings were checked by _check_resumable_runs
         done = json.loads(record.read_text())
-        if done["config"] == _plain(cfg):
-            log.info("%s: finished in an earlier run, kept", LABELS[method])
-            return done["row"], done["checkpoint"]
-        log.info("%s: its settings changed since it finished; continuing it", LABELS[method])
+        log.info("%s: finished in an earlier run, kept", LABELS[method])
+        return done["row"], run_dir / done["checkpoint"]
+    continued = resume and (run_dir / "checkpoints" / "last.pt").is_file()
     t0 = time.perf_counter()
     summary = pretrain(cfg, root, run_dir, resume=resume, progress=progress)
     seconds = time.perf_counter() - t0
     row = {"method": LABELS[method], "preset": METHOD_PRESETS[method], "seconds": seconds,
-           "final_loss": summary["final_loss"], "epochs": summary["epochs"],
-           "steps": summary["global_step"]}
-    atomic_write_text(record, json.dumps({"row": row, "checkpoint": summary["checkpoint"],
-                                          "config": _plain(cfg)}, indent=1))
-    print(f"[compare] {row['method']}: {row['steps']} steps in {seconds:.0f} s, "
-          f"final loss {row['final_loss']:.3f}", flush=True)
-    return row, str(summary["checkpoint"])
+           "continued": continued, "final_loss": summary["final_loss"],
+           "epochs": summary["epochs"], "steps": summary["global_step"]}
+    checkpoint = Path(summary["checkpoint"]).resolve()
+    atomic_write_text(record, json.dumps({
+        "row": row, "checkpoint": checkpoint.relative_to(run_dir.resolve()).as_posix()},
+        indent=1))
+    print(f"[compare] {row['method']}: {row['steps']} steps in {seconds:.0f} s"
+          f"{' (continued)' if continued else ''}, final loss {row['final_loss']:.3f}",
+          flush=True)
+    return row, checkpoint
 
 
 def synthetic_slide_rgb(grid: tuple[int, int] = (3, 4), tile: int = 256, margin: int = 64,
