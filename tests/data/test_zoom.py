@@ -76,7 +76,7 @@ def test_decode_square_keeps_aspect_and_centre(tmp_path: Path) -> None:
     assert out.min() > 200
 
 
-def test_list_images_patients_from_folders_or_stems(tmp_path: Path) -> None:
+def test_zoom_image_table_patients_from_folders_or_stems(tmp_path: Path) -> None:
     for rel in ("p1/x.png", "p1/sub/y.png", "p2/z.jpg", "loose.png"):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / rel)
@@ -89,7 +89,7 @@ def test_list_images_patients_from_folders_or_stems(tmp_path: Path) -> None:
         zoom_image_table(tmp_path / "empty")
 
 
-def test_list_images_of_breakhis_takes_each_patients_lowest_magnification(
+def test_zoom_image_table_of_breakhis_takes_each_patients_lowest_magnification(
         tiny_breakhis: Path) -> None:
     table = zoom_image_table(tiny_breakhis)  # the default: every patient has 40X here
     assert len(table) == 12 and all("-40-" in Path(p).name for p in table["path"])

@@ -42,7 +42,7 @@ class BarlowTwinsMethod(PairMethod):
         self.loss_fn.gather_distributed = enabled
 
 
-@register_method("barlow_twins", BarlowTwinsMethod)
+@register_method(BarlowTwinsMethod)
 def build_barlow_twins(cfg: Mapping[str, Any]) -> BarlowTwinsMethod:
     m = backbone(cfg)
     return BarlowTwinsMethod(m.encoder, m.head, option(cfg, "barlow_lambda"),

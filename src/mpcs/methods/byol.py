@@ -89,7 +89,7 @@ class BYOLMethod(PairMethod):
         return {"momentum": self.momentum}
 
 
-@register_method("byol", BYOLMethod)
+@register_method(BYOLMethod)
 def build_byol(cfg: Mapping[str, Any]) -> BYOLMethod:
     m = backbone(cfg)
     return BYOLMethod(m.encoder, m.head, predictor(cfg), option(cfg, "momentum"),

@@ -59,7 +59,7 @@ class MPCSMethod(PairMethod):
         self.loss_fn.gather_distributed = enabled
 
 
-@register_method("mpcs", MPCSMethod)
+@register_method(MPCSMethod)
 def build_mpcs(cfg: Mapping[str, Any]) -> MPCSMethod:
     m = backbone(cfg)
     return MPCSMethod(m.encoder, m.head, cfg["loss"]["temperature"],

@@ -1,7 +1,8 @@
 """Methods by name (timm style): each method's file registers its builder beside it.
 
-Adding a method: one new file in :mod:`mpcs.methods` with a :class:`~mpcs.methods.base.PairMethod`
-subclass and a builder decorated with ``@register_method("name", TheClass)``, plus its import in
+Adding a method: one new file in :mod:`mpcs.methods` with a
+:class:`~mpcs.methods.base.PairMethod` subclass (its ``name`` is the registry key) and a
+builder decorated with ``@register_method(TheClass)``, plus its import in
 ``mpcs/methods/__init__.py`` (which runs the registration).
 """
 
@@ -18,14 +19,15 @@ _REGISTRY: dict[str, Builder] = {}
 _CLASSES: dict[str, type[PairMethod]] = {}
 
 
-def register_method(name: str, method: type[PairMethod]) -> Callable[[Builder], Builder]:
-    """Decorator: register a builder ``fn(cfg) -> method`` under ``name`` (``method.name``).
+def register_method(method: type[PairMethod]) -> Callable[[Builder], Builder]:
+    """Decorator: register a builder ``fn(cfg) -> method`` under ``method.name``.
 
     Raises:
-        ValueError: ``name`` is not ``method.name``, or is taken.
+        ValueError: ``method.name`` is empty or taken.
     """
-    if name != method.name:
-        raise ValueError(f"method {method.__name__} is named {method.name!r}, not {name!r}")
+    name = method.name
+    if not name:
+        raise ValueError(f"method {method.__name__} has no name (set the class attribute)")
     if name in _REGISTRY:
         raise ValueError(f"a method named {name!r} is registered already")
 

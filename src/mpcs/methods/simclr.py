@@ -86,7 +86,7 @@ class SimCLRMethod(MPCSMethod):
         return out[0], out[1]
 
 
-@register_method("simclr", SimCLRMethod)
+@register_method(SimCLRMethod)
 def build_simclr(cfg: Mapping[str, Any]) -> SimCLRMethod:
     m = backbone(cfg)
     return SimCLRMethod(m.encoder, m.head, cfg["loss"]["temperature"],

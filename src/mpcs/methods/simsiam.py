@@ -55,7 +55,7 @@ class SimSiamMethod(PairMethod):
         ranks' gradients is the global batch's gradient."""
 
 
-@register_method("simsiam", SimSiamMethod)
+@register_method(SimSiamMethod)
 def build_simsiam(cfg: Mapping[str, Any]) -> SimSiamMethod:
     m = backbone(cfg)
     head = SimSiamProjector(m.head.in_dim, list(m.head.hidden_dims), m.head.out_dim)

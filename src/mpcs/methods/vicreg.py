@@ -43,7 +43,7 @@ class VICRegMethod(PairMethod):
         self.loss_fn.gather_distributed = enabled
 
 
-@register_method("vicreg", VICRegMethod)
+@register_method(VICRegMethod)
 def build_vicreg(cfg: Mapping[str, Any]) -> VICRegMethod:
     m = backbone(cfg)
     return VICRegMethod(m.encoder, m.head, tuple(option(cfg, "vicreg_weights")),

@@ -66,7 +66,7 @@ def read_ground_truth(path: Path) -> dict[str, str]:
 
 
 _PREFIXES = {"n": "Normal", "b": "Benign", "is": "InSitu", "iv": "Invasive"}
-_PHOTO_NAME = re.compile(r"^(n|b|is|iv)\d+\.tiff?$", re.IGNORECASE)
+_PHOTO_NAME = re.compile(rf"^({'|'.join(_PREFIXES)})\d+\.tiff?$", re.IGNORECASE)
 
 
 def bach_label(path: Path) -> str | None:
