@@ -77,18 +77,18 @@ def export_encoder(checkpoint: PathLike, out_dir: PathLike, report: PathLike | N
     card_report = read_report(report) if report is not None else None
     loaded = load_model(checkpoint)
     enc = loaded.encoder
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in enc.model.state_dict().items()}
+    config = timm_config(enc, loaded.input_size, checkpoint, loaded.kind)
+    params = sum(int(v.numel()) for v in state.values())
+    card = model_card(config, _checkpoint_meta(checkpoint), params,  # before any file is written
+                      _patients_of(checkpoint) if loaded.kind == PRETRAIN_KIND else None,
+                      card_report)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"{out}: cannot make the export folder ({e.strerror})") from None
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in enc.model.state_dict().items()}
     with atomic_path(out / "model.safetensors") as tmp:
         save_file(state, tmp, metadata={"format": "pt", "timm_name": enc.timm_name})
-    config = timm_config(enc, loaded.input_size, checkpoint, loaded.kind)
     atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
-    params = sum(int(v.numel()) for v in state.values())
-    card = model_card(config, _checkpoint_meta(checkpoint), params,
-                      _patients_of(checkpoint) if loaded.kind == PRETRAIN_KIND else None,
-                      card_report)
     atomic_write_text(out / "README.md", card)
     return out

