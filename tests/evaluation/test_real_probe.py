@@ -18,6 +18,7 @@ from mpcs.evaluation.real_probe import (
     parse_variant,
     probe_folds,
     run_real_probe,
+    summary_markdown,
 )
 from mpcs.evaluation.stats import corrected_paired_test, paired_test
 from tests.conftest import SHARED_DATA
@@ -81,6 +82,18 @@ VARIANTS = [Variant("random init", "none"), Variant("imagenet", "none"),
                                                   "schedule.warmup_epochs=0",
                                                   "model.head_hidden=[16]",
                                                   "model.head_out=8"))]
+
+
+def test_summary_shows_any_variant_name_as_text() -> None:
+    variants = [Variant("imagenet", "imagenet"), Variant("op|*new*", "mpcs", "cpu-small")]
+    results = pd.DataFrame([{"repeat": 0, "fold": k, "variant": v.name, "ila": 0.5 + d,
+                             "pla": 0.6 + d}
+                            for k, d in enumerate((0.0, 0.1, 0.05)) for v in variants])
+    text = summary_markdown(results, variants, SETTINGS, images=30, patients=6)
+    row = next(line for line in text.splitlines() if line.startswith("| op"))
+    assert row.startswith(r"| op\|\*new\* | ") and row.count(" | ") == 7  # 8 cells, as the header
+    assert text.strip().splitlines()[-1].startswith(r"PLA difference (best MPCS variant "
+                                                    r"op\|\*new\* − imagenet)")
 
 
 def test_run_writes_results_and_resumes_without_redoing(tiny_breakhis: Path, tmp_path: Path,

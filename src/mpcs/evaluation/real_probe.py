@@ -56,6 +56,7 @@ from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.engine.finetune import finetune
 from mpcs.engine.pretrain import load_pretrained, pretrain
 from mpcs.engine.runinfo import write_run_info
+from mpcs.evaluation.html import escape_markdown
 from mpcs.evaluation.linear_probe import fit_fixed_probe
 from mpcs.evaluation.stats import corrected_paired_test, format_mean_std, paired_test
 from mpcs.metrics import image_level_accuracy, patient_level_accuracy
@@ -410,8 +411,8 @@ def summary_markdown(results: pd.DataFrame, variants: Sequence[Variant],
                       f"{cp['wins']}/{cp['losses']}"]
         else:
             cells += ["-"] * 5
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", best_line(results, variants, settings)]
+        lines.append(f"| {escape_markdown(name)} | " + " | ".join(cells) + " |")
+    lines += ["", escape_markdown(best_line(results, variants, settings))]
     return "\n".join(lines) + "\n"
 
 
