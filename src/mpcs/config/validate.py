@@ -131,7 +131,9 @@ def _check_optim_schedule_input(cfg: Mapping[str, Any]) -> None:
     _require(o["lr"] > 0, f"optim.lr must be > 0, got {o['lr']}")
     _require(o["weight_decay"] >= 0, f"optim.weight_decay must be >= 0, got {o['weight_decay']}")
     _require(0 <= s["warmup_epochs"] <= t["epochs"],
-             f"schedule.warmup_epochs must be in [0, train.epochs], got {s['warmup_epochs']}")
+             f"schedule.warmup_epochs must be in [0, train.epochs={t['epochs']}], got "
+             f"{s['warmup_epochs']}; e.g. --set schedule.warmup_epochs="
+             f"{max(0, min(int(s['warmup_epochs']), int(t['epochs']) // 2))}")
     _require(0 <= s["final_lr_fraction"] <= 1,
              f"schedule.final_lr_fraction must be in [0, 1], got {s['final_lr_fraction']}")
     _require(cfg["data"]["input_size"] >= 16,
