@@ -236,7 +236,12 @@ def test_load_with_changed_data_set_fails_on_fingerprint(
         tmp_path: Path, synth_manifest: pd.DataFrame, synth_splits: Splits) -> None:
     path = synth_splits.save(tmp_path / "splits.json")
     dropped = synth_manifest[synth_manifest["patient_id"] != synth_splits.fold(0).test[0]]
-    with pytest.raises(DataError, match="different data set: fingerprint [0-9a-f]{40} != "):
+    made = (len(synth_manifest), synth_manifest["patient_id"].nunique())
+    now = (len(dropped), dropped["patient_id"].nunique())
+    with pytest.raises(DataError, match=rf"different data set \(it was made for {made[0]} "
+                       rf"images of {made[1]} patients; this one has {now[0]} images of "
+                       rf"{now[1]} patients, or other files: fingerprint [0-9a-f]{{40}} != "
+                       rf"[0-9a-f]{{40}}\); make splits for this data with `mpcs splits"):
         Splits.load(path, dropped)
 
 

@@ -269,8 +269,13 @@ def _check_against_manifest(splits: Splits, manifest: pd.DataFrame,
                             everyone: set[str]) -> dict[str, str]:
     fingerprint = dataset_fingerprint(manifest)
     if fingerprint != splits.fingerprint:
-        raise DataError("splits file was made for a different data set: fingerprint "
-                        f"{splits.fingerprint} != {fingerprint}")
+        made = splits.counts
+        raise DataError(
+            "splits file was made for a different data set (it was made for "
+            f"{made.get('images', '?')} images of {made.get('patients', '?')} patients; this "
+            f"one has {len(manifest)} images of {manifest['patient_id'].nunique()} patients, "
+            f"or other files: fingerprint {splits.fingerprint} != {fingerprint}); make splits "
+            "for this data with `mpcs splits --data DATA --out FILE`")
     known = set(manifest["patient_id"].astype(str))
     unknown = sorted(everyone - known)
     if unknown:
