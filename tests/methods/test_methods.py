@@ -3,6 +3,8 @@ whose gradient reaches the encoder, and MPCS stays what it was."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -246,6 +248,9 @@ def test_compare_methods_writes_the_table(tmp_path, monkeypatch) -> None:
     assert "| VICReg (mag. pairs) |" in table and "| random init |" in table
     runs = pd.read_csv(tmp_path / "methods_runs.csv")
     assert list(runs["preset"]) == ["cpu-small", "cpu-small-vicreg"]
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["seed"] == 2 and info["versions"]["torch"] and "git_commit" in info
+    assert "methods:\n- mpcs\n- vicreg" in (tmp_path / "config.yaml").read_text()
     with pytest.raises(ConfigError, match="unknown method"):
         compare_methods(tmp_path / "x", ["moco"])
     # a second run into the same folder: refused before any work, naming --resume ...
@@ -279,4 +284,5 @@ def test_compare_methods_writes_the_table(tmp_path, monkeypatch) -> None:
     compare_methods(tmp_path.name, ["vicreg"], epochs=1, overrides=overrides, synth=synth,
                     progress=False, resume=True)
     assert pd.read_csv(tmp_path / "methods_runs.csv")["continued"].tolist() == [True]
+    assert len(json.loads((tmp_path / "run.json").read_text())["resumed"]) == 2
     assert "(last part)" in (tmp_path / "methods.md").read_text()

@@ -11,7 +11,9 @@ whole-slide pre-training run on a generated slide.
    trained on the training patients' labels, tested on the held-out patients (image- and
    patient-level accuracy), and the same for the random initialisation;
 4. ``OUT/methods.csv`` and ``OUT/methods.md`` (a markdown table with pre-training time and
-   final loss), plus each run's ``metrics.jsonl`` under ``OUT/runs/<method>``.
+   final loss), plus each run's ``metrics.jsonl`` under ``OUT/runs/<method>``; the
+   comparison's settings in ``OUT/config.yaml`` and seed, versions and commit in
+   ``OUT/run.json``.
 
 A folder that holds runs is refused unless ``resume``: each method's run then continues from
 its last checkpoint, and a finished one (``OUT/runs/<method>/compare.json``) is kept.
@@ -26,6 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ from mpcs.data.datasets.breakhis import scan_breakhis
 from mpcs.data.pairs.wsi import write_pyramid_tiff
 from mpcs.data.synth.breakhis import SynthConfig, patient_specs, render_sample, write_breakhis
 from mpcs.engine.pretrain import RESUME_MAY_DIFFER, build_model, load_pretrained, pretrain
-from mpcs.engine.runinfo import check_resumable
+from mpcs.engine.runinfo import check_resumable, write_run_info
 from mpcs.evaluation.demo import DEMO_DATA, probe_table, split_patients
 from mpcs.models.features import extract_features
 
@@ -113,6 +116,12 @@ def compare_methods(out: str | Path, methods: Sequence[str] = tuple(METHOD_PRESE
     cfgs = {m: resolve(preset=METHOD_PRESETS[m], overrides=extra) for m in methods}
     if resume:
         _check_resumable_runs(out, cfgs)
+    write_run_info(out, {"methods": list(methods), "presets": {m: METHOD_PRESETS[m] for m in
+                                                               methods},
+                         "epochs": epochs, "overrides": list(overrides), "synth": asdict(synth),
+                         "test_fraction": test_fraction, "seed": synth.seed,
+                         "train_patients": train_patients, "test_patients": test_patients},
+                   resume=resume)
     rows: list[dict[str, Any]] = []
     runs: list[dict[str, Any]] = []
     pixels = None
