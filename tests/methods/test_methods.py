@@ -231,7 +231,7 @@ def test_pretrain_runs_each_special_method_and_reloads_it(name: str, tiny_breakh
 
 
 @pytest.mark.slow
-def test_compare_methods_writes_the_table(tmp_path, monkeypatch) -> None:
+def test_compare_methods_writes_the_table(tmp_path, monkeypatch, caplog) -> None:
     import pandas as pd
 
     from mpcs.data.synth.breakhis import SynthConfig
@@ -285,4 +285,12 @@ def test_compare_methods_writes_the_table(tmp_path, monkeypatch) -> None:
                     progress=False, resume=True)
     assert pd.read_csv(tmp_path / "methods_runs.csv")["continued"].tolist() == [True]
     assert len(json.loads((tmp_path / "run.json").read_text())["resumed"]) == 2
+    # a damaged record is named, and its run continued rather than trusted
+    record = tmp_path / "runs" / "mpcs" / "compare.json"
+    record.write_text("{")
+    compare_methods(tmp_path.name, ["mpcs"], epochs=1, overrides=overrides, synth=synth,
+                    progress=False, resume=True)
+    assert f"{tmp_path.name}/runs/mpcs/compare.json: unreadable (JSONDecodeError" in caplog.text
+    assert pd.read_csv(tmp_path / "methods_runs.csv")["continued"].tolist() == [True]
+    assert json.loads(record.read_text())["row"]["method"] == "MPCS-OP"
     assert "(last part)" in (tmp_path / "methods.md").read_text()

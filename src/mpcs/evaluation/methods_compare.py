@@ -182,14 +182,31 @@ def _check_resumable_runs(out: Path, cfgs: Mapping[str, Mapping[str, Any]]) -> N
             raise ConfigError(f"compare-methods --resume: {method}: {e}") from None
 
 
+def _finished_record(record: Path) -> dict[str, Any] | None:
+    """The ``compare.json`` of a finished method, or None where there is none; one that
+    cannot be read is named in a warning and the run is continued from its checkpoint."""
+    if not record.is_file():
+        return None
+    try:
+        done = json.loads(record.read_text())
+        checkpoint = record.parent / done["checkpoint"]
+        if checkpoint.is_file() and isinstance(done["row"], dict):
+            return done
+        reason = f"its checkpoint {checkpoint} is missing"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        reason = f"unreadable ({type(e).__name__}: {e})"
+    log.warning("%s: %s; continuing the run from its last checkpoint instead", record, reason)
+    return None
+
+
 def _pretrain_method(method: str, cfg: dict[str, Any], root: Path, run_dir: Path,
                      resume: bool, progress: bool) -> tuple[dict[str, Any], Path]:
     """Pre-train ``method`` in ``run_dir`` (continued on ``resume``; a finished run is
     kept); returns its row of ``methods_runs.csv`` and its checkpoint. ``seconds`` is the
     wall time of this call's part; ``continued`` says an earlier call made the first part."""
     record = run_dir / "compare.json"
-    if resume and record.is_file():  # its settings were checked by _check_resumable_runs
-        done = json.loads(record.read_text())
+    done = _finished_record(record) if resume else None
+    if done is not None:  # its settings were checked by _check_resumable_runs
         log.info("%s: finished in an earlier run, kept", LABELS[method])
         return done["row"], run_dir / done["checkpoint"]
     continued = resume and (run_dir / "checkpoints" / "last.pt").is_file()
